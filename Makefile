@@ -1,0 +1,71 @@
+# nginx-llm-gateway: build, test, demo, bench.
+
+SHELL := /bin/bash
+#
+# The module is built against the headers and configure script of Debian's
+# nginx-dev, with the flags of the distribution's own nginx binary, so that
+# the .so loads into /usr/sbin/nginx as shipped.
+
+NGX_SRC     ?= /usr/share/nginx/src
+BUILD       ?= build
+NGX_BUILD    = $(BUILD)/nginx
+MODULE       = $(NGX_BUILD)/objs/ngx_http_llm_module.so
+NGINX       ?= /usr/sbin/nginx
+PROVE       ?= prove
+
+DEB_BUILD    = nginx nginx-dev libpcre2-dev zlib1g-dev libssl-dev \
+               libcjson-dev make gcc
+DEB_TEST     = curl openssl perl nodejs npm
+DEB_BENCH    = wrk
+
+SRCS = $(wildcard src/*.c src/*.h) config
+
+.PHONY: all build deps deps-test deps-bench test test-unit test-compat \
+        demo demo-stop bench clean install
+
+all: build
+
+build: $(MODULE)
+
+deps:
+	@sh tools/deps.sh $(DEB_BUILD)
+
+deps-test: deps
+	@sh tools/deps.sh $(DEB_TEST)
+
+deps-bench: deps
+	@sh tools/deps.sh $(DEB_BENCH)
+
+$(NGX_BUILD)/Makefile: config | deps
+	rm -rf $(NGX_BUILD)
+	mkdir -p $(BUILD)
+	cp -r $(NGX_SRC) $(NGX_BUILD)
+	. $(NGX_SRC)/conf_flags && cd $(NGX_BUILD) && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" --with-cc-opt='-Wextra -Wno-unused-parameter -Wno-missing-field-initializers' \
+	        --add-dynamic-module=$(CURDIR) >configure.log 2>&1 || \
+	    { tail -30 configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/Makefile $(SRCS)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+
+test: build deps-test
+	$(PROVE) -I t/lib -r t/
+	$(MAKE) test-compat
+
+test-compat: build deps-test
+	cd t/compat && sh run.sh
+
+demo: build deps-test
+	@sh tools/demo.sh $(CURDIR)/$(MODULE)
+
+demo-stop:
+	@sh tools/demo.sh --stop
+
+bench: build deps-bench
+	@sh bench/run.sh $(CURDIR)/$(MODULE)
+
+install: build
+	install -m 0644 $(MODULE) /usr/lib/nginx/modules/
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,437 @@
+
+/*
+ * nginx-llm-gateway: the llm_pass content handler.
+ *
+ * Reads the client's request, validates it before any provider is
+ * touched, picks the provider, and hands the request to the upstream
+ * handler.  GET .../models is answered here from the configuration.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+static void ngx_http_llm_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_prepare(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_models(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_json_cleanup(void *data);
+
+
+typedef struct {
+    ngx_str_t                    suffix;
+    ngx_uint_t                   endpoint;
+} ngx_http_llm_endpoint_t;
+
+
+static ngx_http_llm_endpoint_t  ngx_http_llm_endpoints[] = {
+    { ngx_string("/chat/completions"), NGX_HTTP_LLM_CHAT },
+    { ngx_string("/embeddings"), NGX_HTTP_LLM_EMBEDDINGS },
+    { ngx_string("/models"), NGX_HTTP_LLM_MODELS },
+    { ngx_null_string, 0 }
+};
+
+
+ngx_int_t
+ngx_http_llm_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ctx = ngx_http_llm_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->route = llcf->route;
+    ctx->endpoint = ngx_http_llm_endpoint(&r->uri);
+
+    if (ctx->endpoint == 0
+        || (ctx->endpoint == NGX_HTTP_LLM_MODELS
+            && !(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)))
+        || (ctx->endpoint != NGX_HTTP_LLM_MODELS
+            && r->method != NGX_HTTP_POST))
+    {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ctx->endpoint == 0) {
+            return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
+                                           "unknown_url", NULL,
+                                           "Unknown request URL: %V %V",
+                                           &r->method_name, &r->uri);
+        }
+
+        return ngx_http_llm_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                       "method_not_allowed", NULL,
+                                       "Method %V is not allowed for %V",
+                                       &r->method_name, &r->uri);
+    }
+
+    if (ctx->endpoint == NGX_HTTP_LLM_MODELS) {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_llm_models(r, ctx);
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+ngx_uint_t
+ngx_http_llm_endpoint(ngx_str_t *uri)
+{
+    ngx_http_llm_endpoint_t  *e;
+
+    for (e = ngx_http_llm_endpoints; e->endpoint; e++) {
+        if (uri->len >= e->suffix.len
+            && ngx_strncmp(uri->data + uri->len - e->suffix.len,
+                           e->suffix.data, e->suffix.len)
+               == 0)
+        {
+            return e->endpoint;
+        }
+    }
+
+    return 0;
+}
+
+
+static void
+ngx_http_llm_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t            rc;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    rc = ngx_http_llm_prepare(r, ctx);
+
+    /* an error sent by ngx_http_llm_send_error() leaves its code in ctx */
+
+    if (rc == NGX_OK && ctx->error.len == 0) {
+        ngx_http_llm_upstream_start(r, ctx);
+        return;
+    }
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+/*
+ * Validation happens before any provider is touched: a request that
+ * fails it never leaves the gateway.
+ */
+
+static ngx_int_t
+ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    cJSON                 *json, *item;
+    ngx_http_llm_model_t  *map;
+
+    if (ngx_http_llm_request_body(r, &ctx->body) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json = ngx_http_llm_parse_json(r, &ctx->body);
+
+    if (json == NULL) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body is not valid JSON");
+    }
+
+    ctx->json = json;
+
+    if (!cJSON_IsObject(json)) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body must be a JSON "
+                                       "object");
+    }
+
+    item = cJSON_GetObjectItemCaseSensitive(json, "model");
+
+    if (!cJSON_IsString(item) || item->valuestring[0] == '\0') {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "missing_model", "model",
+                                       "You must provide a model parameter "
+                                       "(a string)");
+    }
+
+    ctx->model.data = (u_char *) item->valuestring;
+    ctx->model.len = ngx_strlen(item->valuestring);
+
+    if (ctx->endpoint == NGX_HTTP_LLM_CHAT) {
+        item = cJSON_GetObjectItemCaseSensitive(json, "messages");
+
+        if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) == 0) {
+            return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                           "invalid_messages", "messages",
+                                           "\"messages\" must be a "
+                                           "non-empty array");
+        }
+    }
+
+    item = cJSON_GetObjectItemCaseSensitive(json, "stream");
+
+    if (item && !cJSON_IsBool(item) && !cJSON_IsNull(item)) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_type", "stream",
+                                       "\"stream\" must be a boolean");
+    }
+
+    ctx->stream = cJSON_IsTrue(item);
+
+    ctx->provider = ngx_http_llm_pick_provider(r, ctx->route, &ctx->model,
+                                               &map);
+
+    if (ctx->provider == NULL) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
+                                       "model_not_found", "model",
+                                       "The model \"%V\" is not served by "
+                                       "this gateway", &ctx->model);
+    }
+
+    ctx->model_map = map;
+    ctx->upstream_model = ctx->model;
+
+    if (map == NULL
+        || (map->name.len == map->alias.len
+            && ngx_strncmp(map->name.data, map->alias.data, map->name.len)
+               == 0))
+    {
+        return NGX_OK;
+    }
+
+    item = cJSON_CreateString((char *) map->name.data);
+
+    if (item == NULL
+        || !cJSON_ReplaceItemInObjectCaseSensitive(json, "model", item))
+    {
+        cJSON_Delete(item);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the old string went with the replaced item */
+
+    ctx->model = map->alias;
+    ctx->upstream_model = map->name;
+    ctx->modified = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The body as one piece of memory: the client's buffer when it has one,
+ * else a copy gathered from the buffers and the temporary file.
+ */
+
+ngx_int_t
+ngx_http_llm_request_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    size_t        len, size;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_set(body, "");
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        body->data = cl->buf->pos;
+        body->len = cl->buf->last - cl->buf->pos;
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+    body->len = len;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        size = ngx_buf_size(b);
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, size);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, size, b->file_pos);
+
+        if (n != (ssize_t) size) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "llm: could not read the request body from "
+                          "\"%V\"", &b->file->name);
+            return NGX_ERROR;
+        }
+
+        p += size;
+    }
+
+    return NGX_OK;
+}
+
+
+cJSON *
+ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_str_t *body)
+{
+    cJSON               *json;
+    ngx_pool_cleanup_t  *cln;
+
+    if (body->len == 0) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    json = cJSON_ParseWithLength((const char *) body->data, body->len);
+
+    cln->handler = ngx_http_llm_json_cleanup;
+    cln->data = json;
+
+    return json;
+}
+
+
+static void
+ngx_http_llm_json_cleanup(void *data)
+{
+    cJSON_Delete(data);
+}
+
+
+static ngx_int_t
+ngx_http_llm_models(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    cJSON                      *root, *data, *m;
+    ngx_int_t                   rc;
+    ngx_uint_t                  i, j, k, l, seen;
+    ngx_http_llm_model_t       *model, *prev;
+    ngx_http_llm_route_peer_t  *peer;
+
+    root = cJSON_CreateObject();
+    if (root == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (cJSON_AddStringToObject(root, "object", "list") == NULL) {
+        goto failed;
+    }
+
+    data = cJSON_AddArrayToObject(root, "data");
+    if (data == NULL) {
+        goto failed;
+    }
+
+    peer = ctx->route->peers.elts;
+
+    for (i = 0; i < ctx->route->peers.nelts; i++) {
+
+        if (peer[i].provider->models == NULL) {
+            continue;
+        }
+
+        model = peer[i].provider->models->elts;
+
+        for (j = 0; j < peer[i].provider->models->nelts; j++) {
+
+            /* an alias served by several providers is listed once */
+
+            seen = 0;
+
+            for (k = 0; k < i && !seen; k++) {
+                if (peer[k].provider->models == NULL) {
+                    continue;
+                }
+
+                prev = peer[k].provider->models->elts;
+
+                for (l = 0; l < peer[k].provider->models->nelts; l++) {
+                    if (prev[l].alias.len == model[j].alias.len
+                        && ngx_strncmp(prev[l].alias.data,
+                                       model[j].alias.data,
+                                       model[j].alias.len) == 0)
+                    {
+                        seen = 1;
+                        break;
+                    }
+                }
+            }
+
+            if (seen) {
+                continue;
+            }
+
+            m = cJSON_CreateObject();
+            if (m == NULL || !cJSON_AddItemToArray(data, m)) {
+                cJSON_Delete(m);
+                goto failed;
+            }
+
+            if (cJSON_AddStringToObject(m, "id",
+                                        (char *) model[j].alias.data) == NULL
+                || cJSON_AddStringToObject(m, "object", "model") == NULL
+                || cJSON_AddNumberToObject(m, "created", 0) == NULL
+                || cJSON_AddStringToObject(m, "owned_by",
+                                     (char *) peer[i].provider->name.data)
+                   == NULL)
+            {
+                goto failed;
+            }
+        }
+    }
+
+    rc = ngx_http_llm_send_json(r, NGX_HTTP_OK, root);
+
+    cJSON_Delete(root);
+
+    return rc;
+
+failed:
+
+    cJSON_Delete(root);
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}

@@ -1,0 +1,240 @@
+
+/*
+ * nginx-llm-gateway: an LLM gateway module for nginx.
+ *
+ * The umbrella header: configuration, request context and the interfaces
+ * between the parts of the module (providers and their formats, the
+ * upstream handler, the SSE parser, errors, variables and the mock).
+ */
+
+
+#ifndef _NGX_HTTP_LLM_MODULE_H_INCLUDED_
+#define _NGX_HTTP_LLM_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <cjson/cJSON.h>
+
+
+#define NGX_HTTP_LLM_CHAT          1
+#define NGX_HTTP_LLM_EMBEDDINGS    2
+#define NGX_HTTP_LLM_MODELS        3
+
+
+typedef struct ngx_http_llm_provider_s  ngx_http_llm_provider_t;
+typedef struct ngx_http_llm_format_s    ngx_http_llm_format_t;
+typedef struct ngx_http_llm_ctx_s       ngx_http_llm_ctx_t;
+
+
+typedef struct {
+    ngx_str_t                    alias;
+    ngx_str_t                    name;
+} ngx_http_llm_model_t;
+
+
+struct ngx_http_llm_provider_s {
+    ngx_str_t                    name;
+    ngx_http_llm_format_t       *format;
+
+    ngx_str_t                    url;
+    ngx_str_t                    host;          /* Host header */
+    ngx_str_t                    sni;           /* TLS name */
+    ngx_str_t                    base;
+    ngx_str_t                    key;
+
+    ngx_array_t                 *models;        /* ngx_http_llm_model_t */
+    ngx_array_t                 *headers;       /* ngx_keyval_t */
+
+    /* "Host: ...\r\n", the auth header and the extra headers, prebuilt */
+    ngx_str_t                    fixed_headers;
+
+    ngx_int_t                    keepalive;
+    ngx_uint_t                   ssl;
+
+#if (NGX_HTTP_SSL)
+    ngx_str_t                    ssl_trusted_certificate;
+    ngx_uint_t                   ssl_verify_depth;
+#endif
+
+    ngx_http_upstream_conf_t     upstream;
+
+    u_char                      *file;
+    ngx_uint_t                   line;
+};
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_http_llm_provider_t     *provider;
+    ngx_int_t                    weight;
+    ngx_int_t                    current;
+    u_char                      *file;
+    ngx_uint_t                   line;
+} ngx_http_llm_route_peer_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_array_t                  peers;     /* ngx_http_llm_route_peer_t */
+    ngx_uint_t                   declares_models;
+    ngx_uint_t                   implicit;
+} ngx_http_llm_route_t;
+
+
+typedef struct {
+    ngx_array_t                  providers;  /* ngx_http_llm_provider_t * */
+    ngx_array_t                  routes;     /* ngx_http_llm_route_t * */
+} ngx_http_llm_main_conf_t;
+
+
+typedef struct {
+    ngx_http_llm_route_t        *route;
+    ngx_str_t                    route_name;
+    u_char                      *route_file;
+    ngx_uint_t                   route_line;
+
+    ngx_flag_t                   pass_request_headers;
+
+    ngx_uint_t                   mock;
+    ngx_uint_t                   mock_chunks;
+    ngx_msec_t                   mock_delay;
+    ngx_str_t                    mock_key;
+} ngx_http_llm_loc_conf_t;
+
+
+/* an SSE event as the parser hands it to a format */
+
+typedef struct {
+    ngx_str_t                    event;
+    ngx_str_t                    data;
+    unsigned                     truncated:1;
+} ngx_http_llm_sse_event_t;
+
+
+typedef ngx_int_t (*ngx_http_llm_sse_handler_pt)(ngx_http_request_t *r,
+    ngx_http_llm_sse_event_t *ev);
+
+
+typedef struct {
+    ngx_uint_t                   state;
+    ngx_uint_t                   field;       /* the field being read */
+    ngx_uint_t                   nevents;
+
+    u_char                      *data;        /* data of the current event */
+    size_t                       len;
+    size_t                       size;
+
+    u_char                       fname[8];    /* the field name being read */
+    size_t                       flen;
+
+    u_char                       name[32];    /* the event: field */
+    size_t                       name_len;
+
+    unsigned                     truncated:1;
+    unsigned                     has_data:1;
+} ngx_http_llm_sse_t;
+
+
+/* the boundary between the gateway and a provider's wire format */
+
+struct ngx_http_llm_format_s {
+    ngx_str_t                    name;
+
+    /* configuration time: the authentication header lines for the key */
+    ngx_int_t                  (*auth)(ngx_conf_t *cf,
+                                       ngx_http_llm_provider_t *p,
+                                       ngx_str_t *out);
+
+    /* request time: the path and the body of the provider request */
+    ngx_int_t                  (*create_request)(ngx_http_request_t *r,
+                                       ngx_http_llm_ctx_t *ctx,
+                                       ngx_str_t *path, ngx_chain_t **body);
+
+    /* a complete SSE event of a streamed reply */
+    ngx_int_t                  (*event)(ngx_http_request_t *r,
+                                       ngx_http_llm_sse_event_t *ev);
+};
+
+
+struct ngx_http_llm_ctx_s {
+    ngx_http_llm_route_t        *route;
+    ngx_http_llm_provider_t     *provider;
+    ngx_http_llm_model_t        *model_map;
+
+    ngx_uint_t                   endpoint;
+
+    cJSON                       *json;
+    ngx_str_t                    body;          /* the client's JSON */
+    ngx_str_t                    model;
+    ngx_str_t                    upstream_model;
+    ngx_str_t                    error;
+    ngx_buf_t                   *error_body;
+
+    ngx_http_status_t            status;
+    ngx_http_chunked_t           chunked;
+    ngx_http_llm_sse_t           sse;
+
+    ngx_msec_t                   start;
+
+    unsigned                     stream:1;
+    unsigned                     modified:1;
+    unsigned                     done:1;
+};
+
+
+extern ngx_module_t  ngx_http_llm_module;
+
+
+/* providers and routes: ngx_http_llm_provider.c */
+char *ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_init_routes(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf);
+ngx_http_llm_route_t *ngx_http_llm_find_route(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
+ngx_http_llm_provider_t *ngx_http_llm_pick_provider(ngx_http_request_t *r,
+    ngx_http_llm_route_t *route, ngx_str_t *model,
+    ngx_http_llm_model_t **map);
+ngx_http_llm_model_t *ngx_http_llm_provider_model(ngx_http_llm_provider_t *p,
+    ngx_str_t *alias);
+
+/* the content handler: ngx_http_llm_handler.c */
+ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r, ngx_str_t *body);
+cJSON *ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_str_t *body);
+ngx_uint_t ngx_http_llm_endpoint(ngx_str_t *uri);
+
+/* the upstream callbacks: ngx_http_llm_upstream.c */
+void ngx_http_llm_upstream_start(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+
+/* formats */
+extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
+ngx_http_llm_format_t *ngx_http_llm_format(ngx_str_t *name);
+ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
+
+/* SSE: ngx_http_llm_sse.c */
+ngx_int_t ngx_http_llm_sse_parse(ngx_http_request_t *r,
+    ngx_http_llm_sse_t *sse, u_char *p, u_char *last,
+    ngx_http_llm_sse_handler_pt handler);
+
+/* errors: ngx_http_llm_error.c */
+ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    char *code, char *param, char *fmt, ...);
+ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    cJSON *json);
+ngx_int_t ngx_http_llm_error_filter_init(ngx_conf_t *cf);
+ngx_http_llm_ctx_t *ngx_http_llm_get_ctx(ngx_http_request_t *r);
+
+/* variables: ngx_http_llm_variables.c */
+ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+
+/* mock provider: ngx_http_llm_mock.c */
+char *ngx_http_llm_mock(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+#endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

@@ -1,0 +1,1342 @@
+
+/*
+ * nginx-llm-gateway: the llm_provider and llm_route blocks, the upstream
+ * configuration of each provider, and the choice of a provider for a
+ * request.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_KEEPALIVE_DEFAULT  32
+
+
+static char *ngx_http_llm_provider_directive(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_llm_route_directive(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds,
+    void *conf, char *block);
+static char *ngx_http_llm_provider_format(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_provider_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_provider_model_cmd(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_llm_provider_keepalive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_provider_init(ngx_conf_t *cf,
+    ngx_http_llm_provider_t *p);
+static char *ngx_http_llm_provider_url(ngx_conf_t *cf,
+    ngx_http_llm_provider_t *p);
+static ngx_int_t ngx_http_llm_provider_headers(ngx_conf_t *cf,
+    ngx_http_llm_provider_t *p);
+static ngx_int_t ngx_http_llm_provider_upstream(ngx_conf_t *cf,
+    ngx_http_llm_provider_t *p);
+#if (NGX_HTTP_SSL)
+static ngx_int_t ngx_http_llm_provider_ssl(ngx_conf_t *cf,
+    ngx_http_llm_provider_t *p);
+#endif
+static ngx_int_t ngx_http_llm_init_upstream(ngx_conf_t *cf,
+    ngx_http_upstream_srv_conf_t *us);
+static ngx_int_t ngx_http_llm_keepalive_enable(ngx_conf_t *cf,
+    ngx_http_upstream_srv_conf_t *us, ngx_int_t n);
+static ngx_int_t ngx_http_llm_safe_header_value(ngx_str_t *s);
+static ngx_http_llm_provider_t *ngx_http_llm_find_provider(
+    ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
+
+
+extern ngx_module_t  ngx_http_upstream_keepalive_module;
+
+
+static ngx_command_t  ngx_http_llm_provider_commands[] = {
+
+    { ngx_string("format"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_provider_format,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("url"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, url),
+      NULL },
+
+    { ngx_string("key"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_provider_key,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("key_env"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_provider_key,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("key_file"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_provider_key,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("model"),
+      NGX_CONF_TAKE12,
+      ngx_http_llm_provider_model_cmd,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("host"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, host),
+      NULL },
+
+    { ngx_string("header"),
+      NGX_CONF_TAKE2,
+      ngx_conf_set_keyval_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, headers),
+      NULL },
+
+    { ngx_string("connect_timeout"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, upstream.connect_timeout),
+      NULL },
+
+    { ngx_string("send_timeout"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, upstream.send_timeout),
+      NULL },
+
+    { ngx_string("read_timeout"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, upstream.read_timeout),
+      NULL },
+
+    { ngx_string("buffer_size"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, upstream.buffer_size),
+      NULL },
+
+    { ngx_string("keepalive"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_provider_keepalive,
+      0,
+      0,
+      NULL },
+
+#if (NGX_HTTP_SSL)
+
+    { ngx_string("ssl_verify"),
+      NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, upstream.ssl_verify),
+      NULL },
+
+    { ngx_string("ssl_verify_depth"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, ssl_verify_depth),
+      NULL },
+
+    { ngx_string("ssl_trusted_certificate"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, ssl_trusted_certificate),
+      NULL },
+
+#endif
+
+      ngx_null_command
+};
+
+
+static ngx_command_t  ngx_http_llm_route_commands[] = {
+
+    { ngx_string("provider"),
+      NGX_CONF_TAKE12,
+      ngx_http_llm_route_provider,
+      0,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_str_t  ngx_http_llm_hide_headers[] = {
+    ngx_string("Date"),
+    ngx_string("Server"),
+    ngx_string("X-Pad"),
+    ngx_string("X-Accel-Expires"),
+    ngx_string("X-Accel-Redirect"),
+    ngx_string("X-Accel-Limit-Rate"),
+    ngx_string("X-Accel-Buffering"),
+    ngx_string("X-Accel-Charset"),
+    ngx_string("Set-Cookie"),
+    ngx_string("OpenAI-Organization"),
+    ngx_string("OpenAI-Project"),
+    ngx_string("Anthropic-Organization-Id"),
+    ngx_null_string
+};
+
+
+char *
+ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_main_conf_t *lmcf = conf;
+
+    char                      *rv;
+    ngx_str_t                 *value;
+    ngx_conf_t                 save;
+    ngx_http_llm_provider_t   *p, **pp;
+
+    value = cf->args->elts;
+
+    if (ngx_http_llm_find_provider(lmcf, &value[1]) != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate llm provider \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_provider_t));
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     p->format = NULL;
+     *     p->url = { 0, NULL };
+     *     p->host = { 0, NULL };
+     *     p->key = { 0, NULL };
+     *     p->models = NULL;
+     */
+
+    p->name = value[1];
+    p->file = cf->conf_file->file.name.data;
+    p->line = cf->conf_file->line;
+    p->headers = NGX_CONF_UNSET_PTR;
+    p->keepalive = NGX_CONF_UNSET;
+
+    p->upstream.connect_timeout = NGX_CONF_UNSET_MSEC;
+    p->upstream.send_timeout = NGX_CONF_UNSET_MSEC;
+    p->upstream.read_timeout = NGX_CONF_UNSET_MSEC;
+    p->upstream.buffer_size = NGX_CONF_UNSET_SIZE;
+
+#if (NGX_HTTP_SSL)
+    p->upstream.ssl_verify = NGX_CONF_UNSET;
+    p->ssl_verify_depth = NGX_CONF_UNSET_UINT;
+#endif
+
+    pp = ngx_array_push(&lmcf->providers);
+    if (pp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *pp = p;
+
+    save = *cf;
+    cf->handler = ngx_http_llm_provider_directive;
+    cf->handler_conf = (char *) p;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    return ngx_http_llm_provider_init(cf, p);
+}
+
+
+static char *
+ngx_http_llm_provider_directive(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    return ngx_http_llm_dispatch(cf, ngx_http_llm_provider_commands, conf,
+                                 "llm_provider");
+}
+
+
+static char *
+ngx_http_llm_route_directive(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    return ngx_http_llm_dispatch(cf, ngx_http_llm_route_commands, conf,
+                                 "llm_route");
+}
+
+
+static char *
+ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds, void *conf,
+    char *block)
+{
+    char           *rv;
+    ngx_str_t      *value;
+    ngx_uint_t      n, ok;
+    ngx_command_t  *cmd;
+
+    value = cf->args->elts;
+    n = cf->args->nelts - 1;
+
+    for (cmd = cmds; cmd->name.len; cmd++) {
+
+        if (cmd->name.len != value[0].len
+            || ngx_strncmp(cmd->name.data, value[0].data, value[0].len) != 0)
+        {
+            continue;
+        }
+
+        switch (cmd->type) {
+        case NGX_CONF_TAKE1:
+        case NGX_CONF_FLAG:
+            ok = (n == 1);
+            break;
+        case NGX_CONF_TAKE2:
+            ok = (n == 2);
+            break;
+        case NGX_CONF_TAKE12:
+            ok = (n == 1 || n == 2);
+            break;
+        default:
+            ok = (n >= 1);
+        }
+
+        if (!ok) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid number of arguments in \"%V\" "
+                               "directive of %s", &value[0], block);
+            return NGX_CONF_ERROR;
+        }
+
+        rv = cmd->set(cf, cmd, conf);
+
+        if (rv == NGX_CONF_OK || rv == NGX_CONF_ERROR) {
+            return rv;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" directive %s",
+                           &value[0], rv);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "unknown directive \"%V\" in %s", &value[0], block);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_llm_provider_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_provider_t *p = conf;
+
+    ngx_str_t  *value;
+
+    if (p->format) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    p->format = ngx_http_llm_format(&value[1]);
+
+    if (p->format == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown llm format \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The key is read once, in the master process, and never appears in a log
+ * message: errors name the variable or the file, not the value.
+ */
+
+static char *
+ngx_http_llm_provider_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_provider_t *p = conf;
+
+    char             *env;
+    u_char           *buf;
+    size_t            len;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t        *value, name;
+    ngx_file_info_t   fi;
+
+    if (p->key.data) {
+        return "is duplicate (one of key, key_env and key_file)";
+    }
+
+    value = cf->args->elts;
+
+    if (cmd->name.len == 3) {
+        p->key = value[1];
+
+    } else if (cmd->name.data[4] == 'e') {
+
+        env = getenv((char *) value[1].data);
+
+        if (env == NULL || *env == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "environment variable \"%V\" of provider "
+                               "\"%V\" is not set", &value[1], &p->name);
+            return NGX_CONF_ERROR;
+        }
+
+        len = ngx_strlen(env);
+
+        p->key.data = ngx_pnalloc(cf->pool, len);
+        if (p->key.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        p->key.len = len;
+        ngx_memcpy(p->key.data, env, len);
+
+    } else {
+        name = value[1];
+
+        if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+        if (fd == NGX_INVALID_FILE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_open_file_n " \"%s\" failed", name.data);
+            return NGX_CONF_ERROR;
+        }
+
+        buf = NULL;
+        n = -1;
+
+        if (ngx_fd_info(fd, &fi) != NGX_FILE_ERROR
+            && ngx_file_size(&fi) > 0 && ngx_file_size(&fi) <= 65536)
+        {
+            buf = ngx_pnalloc(cf->pool, ngx_file_size(&fi));
+            if (buf != NULL) {
+                n = ngx_read_fd(fd, buf, ngx_file_size(&fi));
+            }
+        }
+
+        ngx_close_file(fd);
+
+        if (n <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "key file \"%s\" is empty, too large or "
+                               "unreadable", name.data);
+            return NGX_CONF_ERROR;
+        }
+
+        p->key.data = buf;
+        p->key.len = n;
+    }
+
+    while (p->key.len
+           && (p->key.data[p->key.len - 1] == '\n'
+               || p->key.data[p->key.len - 1] == '\r'
+               || p->key.data[p->key.len - 1] == ' '))
+    {
+        p->key.len--;
+    }
+
+    if (p->key.len == 0 || ngx_http_llm_safe_header_value(&p->key) != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the key of provider \"%V\" is empty or has "
+                           "characters not allowed in a header", &p->name);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_provider_model_cmd(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llm_provider_t *p = conf;
+
+    ngx_str_t             *value;
+    ngx_http_llm_model_t  *m;
+
+    value = cf->args->elts;
+
+    if (p->models == NULL) {
+        p->models = ngx_array_create(cf->pool, 4,
+                                     sizeof(ngx_http_llm_model_t));
+        if (p->models == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (ngx_http_llm_provider_model(p, &value[1]) != NULL) {
+        return "is duplicate";
+    }
+
+    m = ngx_array_push(p->models);
+    if (m == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    m->alias = value[1];
+    m->name = (cf->args->nelts == 3) ? value[2] : value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_provider_keepalive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llm_provider_t *p = conf;
+
+    ngx_str_t  *value;
+
+    if (p->keepalive != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        p->keepalive = 0;
+        return NGX_CONF_OK;
+    }
+
+    p->keepalive = ngx_atoi(value[1].data, value[1].len);
+
+    if (p->keepalive == NGX_ERROR || p->keepalive == 0) {
+        return "has an invalid value (a number or \"off\")";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_provider_init(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
+{
+    char  *rv;
+
+    if (p->url.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no \"url\" in llm_provider \"%V\"", &p->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (p->format == NULL) {
+        p->format = &ngx_http_llm_format_openai;
+    }
+
+    ngx_conf_init_value(p->keepalive, NGX_HTTP_LLM_KEEPALIVE_DEFAULT);
+
+    rv = ngx_http_llm_provider_url(cf, p);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (ngx_http_llm_provider_upstream(cf, p) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_llm_provider_headers(cf, p) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_provider_url(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
+{
+    size_t      add;
+    u_char     *h;
+    in_port_t   port;
+    ngx_url_t   u;
+
+    if (ngx_strncasecmp(p->url.data, (u_char *) "http://", 7) == 0) {
+        add = 7;
+        port = 80;
+
+    } else if (ngx_strncasecmp(p->url.data, (u_char *) "https://", 8) == 0) {
+
+#if (NGX_HTTP_SSL)
+        add = 8;
+        port = 443;
+        p->ssl = 1;
+#else
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "https providers need nginx built with ssl");
+        return NGX_CONF_ERROR;
+#endif
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid url \"%V\" in llm_provider \"%V\": "
+                           "it must start with http:// or https://",
+                           &p->url, &p->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url.len = p->url.len - add;
+    u.url.data = p->url.data + add;
+    u.default_port = port;
+    u.uri_part = 1;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in url \"%V\" of llm_provider \"%V\"",
+                               u.err, &p->url, &p->name);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    p->upstream.upstream = ngx_http_upstream_add(cf, &u, 0);
+    if (p->upstream.upstream == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p->base = u.uri;
+
+    while (p->base.len && p->base.data[p->base.len - 1] == '/') {
+        p->base.len--;
+    }
+
+    if (p->host.len == 0) {
+        p->host = u.host;
+    }
+
+    p->sni = p->host;
+
+    if (!u.no_port && u.port != port) {
+        h = ngx_pnalloc(cf->pool, p->host.len + sizeof(":65535") - 1);
+        if (h == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        p->host.len = ngx_sprintf(h, "%V:%d", &p->host, (int) u.port) - h;
+        p->host.data = h;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_provider_headers(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
+{
+    u_char        *d;
+    size_t         len;
+    ngx_str_t      auth;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    ngx_str_null(&auth);
+
+    if (p->key.len && p->format->auth(cf, p, &auth) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    len = sizeof("Host: " CRLF) - 1 + p->host.len + auth.len;
+
+    if (p->headers != NGX_CONF_UNSET_PTR) {
+        kv = p->headers->elts;
+
+        for (i = 0; i < p->headers->nelts; i++) {
+            if (ngx_http_llm_safe_header_value(&kv[i].key) != NGX_OK
+                || ngx_http_llm_safe_header_value(&kv[i].value) != NGX_OK)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid header \"%V\" in llm_provider "
+                                   "\"%V\"", &kv[i].key, &p->name);
+                return NGX_ERROR;
+            }
+
+            len += kv[i].key.len + sizeof(": " CRLF) - 1 + kv[i].value.len;
+        }
+    }
+
+    d = ngx_pnalloc(cf->pool, len);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    p->fixed_headers.data = d;
+
+    d = ngx_sprintf(d, "Host: %V" CRLF, &p->host);
+    d = ngx_cpymem(d, auth.data, auth.len);
+
+    if (p->headers != NGX_CONF_UNSET_PTR) {
+        kv = p->headers->elts;
+
+        for (i = 0; i < p->headers->nelts; i++) {
+            d = ngx_sprintf(d, "%V: %V" CRLF, &kv[i].key, &kv[i].value);
+        }
+    }
+
+    p->fixed_headers.len = d - p->fixed_headers.data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_provider_upstream(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
+{
+    ngx_hash_init_t                hash;
+    ngx_http_upstream_conf_t      *u, prev;
+    ngx_http_upstream_srv_conf_t  *uscf;
+
+    u = &p->upstream;
+
+    ngx_conf_init_msec_value(u->connect_timeout, 10000);
+    ngx_conf_init_msec_value(u->send_timeout, 60000);
+    ngx_conf_init_msec_value(u->read_timeout, 300000);
+    ngx_conf_init_size_value(u->buffer_size, 16384);
+
+    u->next_upstream = NGX_HTTP_UPSTREAM_FT_ERROR
+                       |NGX_HTTP_UPSTREAM_FT_TIMEOUT;
+    u->next_upstream_tries = 0;
+    u->next_upstream_timeout = 0;
+
+    u->buffering = 0;
+    u->request_buffering = 1;
+    u->pass_request_headers = 0;
+    u->pass_request_body = 0;
+    u->ignore_client_abort = 0;
+    u->intercept_errors = 0;
+    u->socket_keepalive = 0;
+    u->local = NULL;
+    u->preserve_output = 1;
+
+    ngx_str_set(&u->module, "llm");
+
+    u->hide_headers = NGX_CONF_UNSET_PTR;
+    u->pass_headers = NGX_CONF_UNSET_PTR;
+
+    ngx_memzero(&prev, sizeof(ngx_http_upstream_conf_t));
+    prev.hide_headers = NGX_CONF_UNSET_PTR;
+    prev.pass_headers = NGX_CONF_UNSET_PTR;
+
+    hash.max_size = 512;
+    hash.bucket_size = ngx_align(64, ngx_cacheline_size);
+    hash.name = "llm_provider_headers_hash";
+
+    if (ngx_http_upstream_hide_headers_hash(cf, u, &prev,
+                                            ngx_http_llm_hide_headers, &hash)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+#if (NGX_HTTP_SSL)
+    if (p->ssl && ngx_http_llm_provider_ssl(cf, p) != NGX_OK) {
+        return NGX_ERROR;
+    }
+#endif
+
+    /*
+     * A url that names a host (not an upstream{} block) gets keepalive
+     * connections: the upstream is initialized through our hook, which
+     * enables nginx's own keepalive cache on it.
+     */
+
+    uscf = u->upstream;
+
+    if (p->keepalive > 0
+        && !(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
+        && (uscf->peer.init_upstream == NULL
+            || uscf->peer.init_upstream == ngx_http_llm_init_upstream))
+    {
+        uscf->peer.init_upstream = ngx_http_llm_init_upstream;
+    }
+
+    return NGX_OK;
+}
+
+
+#if (NGX_HTTP_SSL)
+
+static ngx_int_t
+ngx_http_llm_provider_ssl(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
+{
+    ngx_str_t                          ciphers;
+    ngx_ssl_t                         *ssl;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_upstream_conf_t          *u;
+    ngx_http_compile_complex_value_t   ccv;
+
+    u = &p->upstream;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    u->ssl = ssl;
+    u->ssl_session_reuse = 1;
+    u->ssl_server_name = 1;
+    u->ssl_certificate = NULL;
+    u->ssl_certificate_key = NULL;
+    u->ssl_passwords = NULL;
+
+    ngx_conf_init_value(u->ssl_verify, 1);
+    ngx_conf_init_uint_value(p->ssl_verify_depth, 4);
+
+    u->ssl_name = ngx_pcalloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (u->ssl_name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &p->sni;
+    ccv.complex_value = u->ssl_name;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!u->ssl_verify) {
+        return NGX_OK;
+    }
+
+    if (p->ssl_trusted_certificate.len == 0) {
+        ngx_str_set(&p->ssl_trusted_certificate,
+                    "/etc/ssl/certs/ca-certificates.crt");
+    }
+
+    if (ngx_ssl_trusted_certificate(cf, ssl, &p->ssl_trusted_certificate,
+                                    p->ssl_verify_depth)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+#endif
+
+
+static ngx_int_t
+ngx_http_llm_init_upstream(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
+{
+    ngx_int_t                   n;
+    ngx_uint_t                  i;
+    ngx_http_llm_provider_t   **pp;
+    ngx_http_llm_main_conf_t   *lmcf;
+
+    if (us->flags & NGX_HTTP_UPSTREAM_CREATE) {
+        /* an upstream{} block with this name was defined after all */
+        return ngx_http_upstream_init_round_robin(cf, us);
+    }
+
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    n = 0;
+    pp = lmcf->providers.elts;
+
+    for (i = 0; i < lmcf->providers.nelts; i++) {
+        if (pp[i]->upstream.upstream == us && pp[i]->keepalive > n) {
+            n = pp[i]->keepalive;
+        }
+    }
+
+    us->peer.init_upstream = NULL;
+
+    if (n == 0) {
+        return ngx_http_upstream_init_round_robin(cf, us);
+    }
+
+    if (ngx_http_llm_keepalive_enable(cf, us, n) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return us->peer.init_upstream(cf, us);
+}
+
+
+/*
+ * Enables nginx's upstream keepalive module on an implicit upstream, the
+ * same way the "keepalive" directive does inside an upstream{} block.
+ */
+
+static ngx_int_t
+ngx_http_llm_keepalive_enable(ngx_conf_t *cf,
+    ngx_http_upstream_srv_conf_t *us, ngx_int_t n)
+{
+    void                 *kcf;
+    ngx_str_t            *arg;
+    ngx_conf_t            conf;
+    ngx_command_t        *cmd;
+    ngx_http_module_t    *module;
+    ngx_http_conf_ctx_t   ctx;
+
+    module = ngx_http_upstream_keepalive_module.ctx;
+
+    for (cmd = ngx_http_upstream_keepalive_module.commands;
+         cmd->name.len;
+         cmd++)
+    {
+        if (cmd->name.len == sizeof("keepalive") - 1
+            && ngx_strncmp(cmd->name.data, "keepalive", cmd->name.len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (cmd->name.len == 0 || module->create_srv_conf == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "upstream keepalive is not available");
+        return NGX_ERROR;
+    }
+
+    kcf = module->create_srv_conf(cf);
+    if (kcf == NULL) {
+        return NGX_ERROR;
+    }
+
+    us->srv_conf = ngx_pcalloc(cf->pool, sizeof(void *) * ngx_http_max_module);
+    if (us->srv_conf == NULL) {
+        return NGX_ERROR;
+    }
+
+    us->srv_conf[ngx_http_upstream_module.ctx_index] = us;
+    us->srv_conf[ngx_http_upstream_keepalive_module.ctx_index] = kcf;
+
+    ctx = *(ngx_http_conf_ctx_t *) cf->ctx;
+    ctx.srv_conf = us->srv_conf;
+
+    conf = *cf;
+    conf.ctx = &ctx;
+
+    conf.args = ngx_array_create(cf->temp_pool, 2, sizeof(ngx_str_t));
+    if (conf.args == NULL) {
+        return NGX_ERROR;
+    }
+
+    arg = ngx_array_push_n(conf.args, 2);
+    if (arg == NULL) {
+        return NGX_ERROR;
+    }
+
+    arg[0] = cmd->name;
+
+    arg[1].data = ngx_pnalloc(cf->temp_pool, NGX_INT_T_LEN);
+    if (arg[1].data == NULL) {
+        return NGX_ERROR;
+    }
+
+    arg[1].len = ngx_sprintf(arg[1].data, "%i", n) - arg[1].data;
+
+    if (cmd->set(&conf, cmd, kcf) != NGX_CONF_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_main_conf_t *lmcf = conf;
+
+    char                   *rv;
+    ngx_str_t              *value;
+    ngx_conf_t              save;
+    ngx_uint_t              i;
+    ngx_http_llm_route_t   *route, **rp;
+
+    value = cf->args->elts;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (rp[i]->name.len == value[1].len
+            && ngx_strncmp(rp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate llm route \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
+    if (route == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    route->name = value[1];
+
+    if (ngx_array_init(&route->peers, cf->pool, 4,
+                       sizeof(ngx_http_llm_route_peer_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    rp = ngx_array_push(&lmcf->routes);
+    if (rp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *rp = route;
+
+    save = *cf;
+    cf->handler = ngx_http_llm_route_directive;
+    cf->handler_conf = (char *) route;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (route->peers.nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no providers in llm_route \"%V\"", &route->name);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_route_t *route = conf;
+
+    ngx_str_t                  *value;
+    ngx_uint_t                  i;
+    ngx_http_llm_route_peer_t  *peer;
+
+    value = cf->args->elts;
+
+    peer = route->peers.elts;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+        if (peer[i].name.len == value[1].len
+            && ngx_strncmp(peer[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            return "is duplicate";
+        }
+    }
+
+    peer = ngx_array_push(&route->peers);
+    if (peer == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
+
+    peer->name = value[1];
+    peer->weight = 1;
+    peer->file = cf->conf_file->file.name.data;
+    peer->line = cf->conf_file->line;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (value[2].len <= 7
+        || ngx_strncmp(value[2].data, "weight=", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    peer->weight = ngx_atoi(value[2].data + 7, value[2].len - 7);
+
+    if (peer->weight == NGX_ERROR || peer->weight == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid weight \"%V\": a positive number",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_llm_init_routes(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_llm_route_t      **rp;
+    ngx_http_llm_route_peer_t  *peer;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+
+        peer = rp[i]->peers.elts;
+
+        for (j = 0; j < rp[i]->peers.nelts; j++) {
+
+            peer[j].provider = ngx_http_llm_find_provider(lmcf,
+                                                          &peer[j].name);
+
+            if (peer[j].provider == NULL) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "unknown llm provider \"%V\" in llm_route "
+                              "\"%V\" in %s:%ui", &peer[j].name,
+                              &rp[i]->name, peer[j].file, peer[j].line);
+                return NGX_CONF_ERROR;
+            }
+
+            if (peer[j].provider->models) {
+                rp[i]->declares_models = 1;
+            }
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_http_llm_route_t *
+ngx_http_llm_find_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
+    ngx_str_t *name)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_route_t       *route, **rp;
+    ngx_http_llm_provider_t    *p;
+    ngx_http_llm_route_peer_t  *peer;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (rp[i]->name.len == name->len
+            && ngx_strncmp(rp[i]->name.data, name->data, name->len) == 0)
+        {
+            return rp[i];
+        }
+    }
+
+    /* a provider name is a route of one provider */
+
+    p = ngx_http_llm_find_provider(lmcf, name);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
+    if (route == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&route->peers, cf->pool, 1,
+                       sizeof(ngx_http_llm_route_peer_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    peer = ngx_array_push(&route->peers);
+    if (peer == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
+
+    peer->name = p->name;
+    peer->provider = p;
+    peer->weight = 1;
+
+    route->name = p->name;
+    route->implicit = 1;
+    route->declares_models = (p->models != NULL);
+
+    rp = ngx_array_push(&lmcf->routes);
+    if (rp == NULL) {
+        return NULL;
+    }
+
+    *rp = route;
+
+    return route;
+}
+
+
+static ngx_http_llm_provider_t *
+ngx_http_llm_find_provider(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name)
+{
+    ngx_uint_t                 i;
+    ngx_http_llm_provider_t  **pp;
+
+    pp = lmcf->providers.elts;
+
+    for (i = 0; i < lmcf->providers.nelts; i++) {
+        if (pp[i]->name.len == name->len
+            && ngx_strncmp(pp[i]->name.data, name->data, name->len) == 0)
+        {
+            return pp[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_http_llm_model_t *
+ngx_http_llm_provider_model(ngx_http_llm_provider_t *p, ngx_str_t *alias)
+{
+    ngx_uint_t             i;
+    ngx_http_llm_model_t  *m;
+
+    if (p->models == NULL) {
+        return NULL;
+    }
+
+    m = p->models->elts;
+
+    for (i = 0; i < p->models->nelts; i++) {
+        if (m[i].alias.len == alias->len
+            && ngx_strncmp(m[i].alias.data, alias->data, alias->len) == 0)
+        {
+            return &m[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Smooth weighted round robin, per worker, among the providers of the
+ * route that serve the model (a provider that declares no models serves
+ * any).  Returns NULL if none does.
+ */
+
+ngx_http_llm_provider_t *
+ngx_http_llm_pick_provider(ngx_http_request_t *r, ngx_http_llm_route_t *route,
+    ngx_str_t *model, ngx_http_llm_model_t **map)
+{
+    ngx_int_t                   total;
+    ngx_uint_t                  i;
+    ngx_http_llm_model_t       *m;
+    ngx_http_llm_route_peer_t  *peer, *best;
+
+    best = NULL;
+    total = 0;
+    *map = NULL;
+
+    peer = route->peers.elts;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+
+        m = ngx_http_llm_provider_model(peer[i].provider, model);
+
+        if (m == NULL && peer[i].provider->models) {
+            continue;
+        }
+
+        peer[i].current += peer[i].weight;
+        total += peer[i].weight;
+
+        if (best == NULL || peer[i].current > best->current) {
+            best = &peer[i];
+            *map = m;
+        }
+    }
+
+    if (best == NULL) {
+        return NULL;
+    }
+
+    best->current -= total;
+
+    return best->provider;
+}
+
+
+static ngx_int_t
+ngx_http_llm_safe_header_value(ngx_str_t *s)
+{
+    u_char  *p, *last;
+
+    last = s->data + s->len;
+
+    for (p = s->data; p < last; p++) {
+        if (*p == CR || *p == LF || *p == '\0') {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}

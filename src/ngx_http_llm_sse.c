@@ -1,0 +1,307 @@
+
+/*
+ * nginx-llm-gateway: an incremental parser of server-sent events.
+ *
+ * Bytes arrive in pieces of any size, split anywhere; the parser keeps
+ * its state between pieces and hands every complete event (its "event"
+ * and "data" fields) to a handler.  Line ends are LF, CRLF or CR; comment
+ * lines and unknown fields are skipped; the data of one event is kept up
+ * to a fixed limit, beyond which the event is marked truncated.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_SSE_DATA_INIT   4096
+#define NGX_HTTP_LLM_SSE_DATA_MAX    262144
+
+
+enum {
+    sw_line_start = 0,
+    sw_name,
+    sw_space,
+    sw_value,
+    sw_skip,
+    sw_cr
+};
+
+
+enum {
+    field_none = 0,
+    field_data,
+    field_event
+};
+
+
+static ngx_int_t ngx_http_llm_sse_dispatch(ngx_http_request_t *r,
+    ngx_http_llm_sse_t *sse, ngx_http_llm_sse_handler_pt handler);
+static void ngx_http_llm_sse_field(ngx_http_llm_sse_t *sse);
+static ngx_int_t ngx_http_llm_sse_append(ngx_http_request_t *r,
+    ngx_http_llm_sse_t *sse, u_char *p, size_t n);
+static ngx_int_t ngx_http_llm_sse_line_end(ngx_http_request_t *r,
+    ngx_http_llm_sse_t *sse);
+
+
+ngx_int_t
+ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
+    u_char *p, u_char *last, ngx_http_llm_sse_handler_pt handler)
+{
+    u_char  ch, *start;
+
+    while (p < last) {
+        ch = *p;
+
+        switch (sse->state) {
+
+        case sw_cr:
+            sse->state = sw_line_start;
+
+            if (ch == LF) {
+                p++;
+                break;
+            }
+
+            /* fall through */
+
+        case sw_line_start:
+
+            if (ch == CR || ch == LF) {
+                /* a blank line ends the event */
+                if (ngx_http_llm_sse_dispatch(r, sse, handler) != NGX_OK) {
+                    return NGX_ERROR;
+                }
+
+                sse->state = (ch == CR) ? sw_cr : sw_line_start;
+                p++;
+                break;
+            }
+
+            if (ch == ':') {
+                sse->state = sw_skip;
+                p++;
+                break;
+            }
+
+            sse->flen = 0;
+            sse->state = sw_name;
+
+            /* fall through */
+
+        case sw_name:
+
+            if (ch == ':' || ch == CR || ch == LF) {
+                ngx_http_llm_sse_field(sse);
+
+                if (ch == ':') {
+                    sse->state = sw_space;
+                    p++;
+                    break;
+                }
+
+                /* a field name alone: its value is empty */
+
+                if (ngx_http_llm_sse_line_end(r, sse) != NGX_OK) {
+                    return NGX_ERROR;
+                }
+
+                sse->state = (ch == CR) ? sw_cr : sw_line_start;
+                p++;
+                break;
+            }
+
+            if (sse->flen < sizeof(sse->fname)) {
+                sse->fname[sse->flen] = ch;
+            }
+
+            sse->flen++;
+            p++;
+            break;
+
+        case sw_space:
+            sse->state = sw_value;
+
+            if (ch == ' ') {
+                p++;
+                break;
+            }
+
+            /* fall through */
+
+        case sw_value:
+        case sw_skip:
+
+            for (start = p; p < last; p++) {
+                if (*p == CR || *p == LF) {
+                    break;
+                }
+            }
+
+            if (sse->state == sw_value && p > start) {
+                if (ngx_http_llm_sse_append(r, sse, start, p - start)
+                    != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+
+            if (p == last) {
+                break;
+            }
+
+            if (sse->state == sw_value
+                && ngx_http_llm_sse_line_end(r, sse) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            sse->state = (*p == CR) ? sw_cr : sw_line_start;
+            p++;
+            break;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_sse_field(ngx_http_llm_sse_t *sse)
+{
+    sse->field = field_none;
+
+    if (sse->flen == 4 && ngx_strncmp(sse->fname, "data", 4) == 0) {
+        sse->field = field_data;
+
+    } else if (sse->flen == 5 && ngx_strncmp(sse->fname, "event", 5) == 0) {
+        sse->field = field_event;
+        sse->name_len = 0;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_llm_sse_append(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
+    u_char *p, size_t n)
+{
+    u_char  *data;
+    size_t   size;
+
+    if (sse->field == field_event) {
+        n = ngx_min(n, sizeof(sse->name) - sse->name_len);
+        ngx_memcpy(sse->name + sse->name_len, p, n);
+        sse->name_len += n;
+        return NGX_OK;
+    }
+
+    if (sse->field != field_data) {
+        return NGX_OK;
+    }
+
+    if (sse->len + n > NGX_HTTP_LLM_SSE_DATA_MAX) {
+        sse->truncated = 1;
+        n = NGX_HTTP_LLM_SSE_DATA_MAX - sse->len;
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    if (sse->len + n > sse->size) {
+
+        size = sse->size ? sse->size : NGX_HTTP_LLM_SSE_DATA_INIT;
+
+        while (size < sse->len + n) {
+            size *= 2;
+        }
+
+        data = ngx_pnalloc(r->pool, ngx_min(size, NGX_HTTP_LLM_SSE_DATA_MAX));
+        if (data == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (sse->len) {
+            ngx_memcpy(data, sse->data, sse->len);
+        }
+
+        if (sse->data) {
+            ngx_pfree(r->pool, sse->data);
+        }
+
+        sse->data = data;
+        sse->size = ngx_min(size, NGX_HTTP_LLM_SSE_DATA_MAX);
+    }
+
+    ngx_memcpy(sse->data + sse->len, p, n);
+    sse->len += n;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The end of a field line: the lines of one event's data are joined
+ * by LF, as the specification says; the last LF is removed on dispatch.
+ */
+
+static ngx_int_t
+ngx_http_llm_sse_line_end(ngx_http_request_t *r, ngx_http_llm_sse_t *sse)
+{
+    u_char  lf;
+
+    if (sse->field != field_data) {
+        sse->field = field_none;
+        return NGX_OK;
+    }
+
+    sse->has_data = 1;
+
+    lf = LF;
+
+    if (ngx_http_llm_sse_append(r, sse, &lf, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    sse->field = field_none;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
+    ngx_http_llm_sse_handler_pt handler)
+{
+    ngx_int_t                 rc;
+    ngx_http_llm_sse_event_t  ev;
+
+    if (!sse->has_data) {
+        sse->name_len = 0;
+        return NGX_OK;
+    }
+
+    ev.event.data = sse->name;
+    ev.event.len = sse->name_len;
+    ev.data.data = sse->data;
+    ev.data.len = sse->len;
+    ev.truncated = sse->truncated;
+
+    if (!ev.truncated && ev.data.len && ev.data.data[ev.data.len - 1] == LF) {
+        ev.data.len--;
+    }
+
+    sse->nevents++;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm sse event #%ui, %uz bytes of data",
+                   sse->nevents, ev.data.len);
+
+    rc = handler ? handler(r, &ev) : NGX_OK;
+
+    sse->len = 0;
+    sse->name_len = 0;
+    sse->has_data = 0;
+    sse->truncated = 0;
+
+    return rc;
+}

@@ -1,0 +1,644 @@
+
+/*
+ * nginx-llm-gateway: the provider request on top of ngx_http_upstream.
+ *
+ * The request to the provider is built by the provider's format; the
+ * reply is read as HTTP/1.1 (content length, chunked, or until close) and
+ * passed to the client without buffering, so that every SSE event of a
+ * stream reaches the client as soon as it arrives.  The bytes of a stream
+ * also go through the SSE parser, which hands each event to the format.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+static ngx_int_t ngx_http_llm_create_request(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_reinit_request(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_process_status_line(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_process_header(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_input_filter_init(void *data);
+static ngx_int_t ngx_http_llm_copy_filter(void *data, ssize_t bytes);
+static ngx_int_t ngx_http_llm_chunked_filter(void *data, ssize_t bytes);
+static ngx_int_t ngx_http_llm_output(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *pos, u_char *last, ngx_chain_t ***ll);
+static void ngx_http_llm_abort_request(ngx_http_request_t *r);
+static void ngx_http_llm_finalize_request(ngx_http_request_t *r,
+    ngx_int_t rc);
+static ngx_uint_t ngx_http_llm_forward_header(ngx_table_elt_t *h);
+
+
+/* client headers that never reach a provider */
+
+static ngx_str_t  ngx_http_llm_skip_headers[] = {
+    ngx_string("host"),
+    ngx_string("connection"),
+    ngx_string("keep-alive"),
+    ngx_string("proxy-connection"),
+    ngx_string("content-length"),
+    ngx_string("content-type"),
+    ngx_string("transfer-encoding"),
+    ngx_string("te"),
+    ngx_string("trailer"),
+    ngx_string("upgrade"),
+    ngx_string("expect"),
+    ngx_string("accept-encoding"),
+    ngx_string("authorization"),
+    ngx_string("proxy-authorization"),
+    ngx_string("cookie"),
+    ngx_string("x-api-key"),
+    ngx_string("api-key"),
+    ngx_string("x-goog-api-key"),
+    ngx_string("openai-organization"),
+    ngx_string("openai-project"),
+    ngx_null_string
+};
+
+
+void
+ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_upstream_t      *u;
+    ngx_http_llm_provider_t  *p;
+
+    if (ngx_http_upstream_create(r) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    u = r->upstream;
+    p = ctx->provider;
+
+    u->conf = &p->upstream;
+
+#if (NGX_HTTP_SSL)
+    u->ssl = p->ssl;
+#endif
+
+    if (p->ssl) {
+        ngx_str_set(&u->schema, "https://");
+
+    } else {
+        ngx_str_set(&u->schema, "http://");
+    }
+
+    u->output.tag = (ngx_buf_tag_t) &ngx_http_llm_module;
+
+    u->create_request = ngx_http_llm_create_request;
+    u->reinit_request = ngx_http_llm_reinit_request;
+    u->process_header = ngx_http_llm_process_status_line;
+    u->abort_request = ngx_http_llm_abort_request;
+    u->finalize_request = ngx_http_llm_finalize_request;
+
+    u->input_filter_init = ngx_http_llm_input_filter_init;
+    u->input_filter = ngx_http_llm_copy_filter;
+    u->input_filter_ctx = r;
+
+    u->buffering = 0;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm request: provider \"%V\", model \"%V\", stream %ui",
+                   &p->name, &ctx->upstream_model, (ngx_uint_t) ctx->stream);
+
+    ngx_http_upstream_init(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_create_request(ngx_http_request_t *r)
+{
+    size_t                    len;
+    off_t                     body_len;
+    ngx_buf_t                *b;
+    ngx_str_t                 path;
+    ngx_uint_t                i;
+    ngx_chain_t              *cl, *body;
+    ngx_list_part_t          *part;
+    ngx_table_elt_t          *h;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_provider_t  *p;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    p = ctx->provider;
+
+    if (p->format->create_request(r, ctx, &path, &body) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    body_len = 0;
+
+    for (cl = body; cl; cl = cl->next) {
+        body_len += ngx_buf_size(cl->buf);
+    }
+
+    len = sizeof("POST  HTTP/1.1" CRLF) - 1 + path.len
+          + p->fixed_headers.len
+          + sizeof("Content-Type: application/json" CRLF) - 1
+          + sizeof("Content-Length: " CRLF) - 1 + NGX_OFF_T_LEN
+          + sizeof(CRLF) - 1;
+
+    if (llcf->pass_request_headers) {
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */; i++) {
+
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (ngx_http_llm_forward_header(&h[i])) {
+                len += h[i].key.len + sizeof(": " CRLF) - 1 + h[i].value.len;
+            }
+        }
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last, "POST %V HTTP/1.1" CRLF, &path);
+    b->last = ngx_cpymem(b->last, p->fixed_headers.data,
+                         p->fixed_headers.len);
+    b->last = ngx_sprintf(b->last,
+                          "Content-Type: application/json" CRLF
+                          "Content-Length: %O" CRLF, body_len);
+
+    if (llcf->pass_request_headers) {
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */; i++) {
+
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (ngx_http_llm_forward_header(&h[i])) {
+                b->last = ngx_sprintf(b->last, "%V: %V" CRLF,
+                                      &h[i].key, &h[i].value);
+            }
+        }
+    }
+
+    *b->last++ = CR; *b->last++ = LF;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = body;
+
+    r->upstream->request_bufs = cl;
+
+    /* the provider key is in the buffer: nothing of it is logged */
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm provider request: POST %V%V, %O bytes of body",
+                   &p->host, &path, body_len);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_forward_header(ngx_table_elt_t *h)
+{
+    ngx_str_t  *s;
+
+    if (h->hash == 0) {
+        return 0;
+    }
+
+    for (s = ngx_http_llm_skip_headers; s->len; s++) {
+        if (s->len == h->key.len
+            && ngx_strncmp(s->data, h->lowcase_key, s->len) == 0)
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_llm_reinit_request(ngx_http_request_t *r)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&ctx->status, sizeof(ngx_http_status_t));
+    ngx_memzero(&ctx->chunked, sizeof(ngx_http_chunked_t));
+
+    ctx->sse.state = 0;
+    ctx->sse.len = 0;
+    ctx->sse.has_data = 0;
+    ctx->sse.truncated = 0;
+    ctx->done = 0;
+
+    r->upstream->process_header = ngx_http_llm_process_status_line;
+    r->upstream->input_filter = ngx_http_llm_copy_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_process_status_line(ngx_http_request_t *r)
+{
+    size_t                len;
+    ngx_int_t             rc;
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    u = r->upstream;
+
+    rc = ngx_http_parse_status_line(r, &u->buffer, &ctx->status);
+
+    if (rc == NGX_AGAIN) {
+        return rc;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm provider \"%V\" sent no valid HTTP/1.x header",
+                      &ctx->provider->name);
+        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
+    }
+
+    if (u->state && u->state->status == 0) {
+        u->state->status = ctx->status.code;
+    }
+
+    u->headers_in.status_n = ctx->status.code;
+
+    len = ctx->status.end - ctx->status.start;
+    u->headers_in.status_line.len = len;
+
+    u->headers_in.status_line.data = ngx_pnalloc(r->pool, len);
+    if (u->headers_in.status_line.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(u->headers_in.status_line.data, ctx->status.start, len);
+
+    if (ctx->status.http_version < NGX_HTTP_VERSION_11) {
+        u->headers_in.connection_close = 1;
+    }
+
+    u->process_header = ngx_http_llm_process_header;
+
+    return ngx_http_llm_process_header(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_process_header(ngx_http_request_t *r)
+{
+    ngx_int_t                       rc;
+    ngx_table_elt_t                *h;
+    ngx_http_upstream_t            *u;
+    ngx_http_upstream_header_t     *hh;
+    ngx_http_upstream_main_conf_t  *umcf;
+
+    umcf = ngx_http_get_module_main_conf(r, ngx_http_upstream_module);
+    u = r->upstream;
+
+    for ( ;; ) {
+
+        rc = ngx_http_parse_header_line(r, &u->buffer, 1);
+
+        if (rc == NGX_OK) {
+
+            h = ngx_list_push(&u->headers_in.headers);
+            if (h == NULL) {
+                return NGX_ERROR;
+            }
+
+            h->hash = r->header_hash;
+
+            h->key.len = r->header_name_end - r->header_name_start;
+            h->value.len = r->header_end - r->header_start;
+
+            h->key.data = ngx_pnalloc(r->pool,
+                               h->key.len + 1 + h->value.len + 1 + h->key.len);
+            if (h->key.data == NULL) {
+                h->hash = 0;
+                return NGX_ERROR;
+            }
+
+            h->value.data = h->key.data + h->key.len + 1;
+            h->lowcase_key = h->key.data + h->key.len + 1 + h->value.len + 1;
+
+            ngx_memcpy(h->key.data, r->header_name_start, h->key.len);
+            h->key.data[h->key.len] = '\0';
+            ngx_memcpy(h->value.data, r->header_start, h->value.len);
+            h->value.data[h->value.len] = '\0';
+
+            if (h->key.len == r->lowcase_index) {
+                ngx_memcpy(h->lowcase_key, r->lowcase_header, h->key.len);
+
+            } else {
+                ngx_strlow(h->lowcase_key, h->key.data, h->key.len);
+            }
+
+            hh = ngx_hash_find(&umcf->headers_in_hash, h->hash,
+                               h->lowcase_key, h->key.len);
+
+            if (hh && hh->handler(r, h, hh->offset) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (rc == NGX_HTTP_PARSE_HEADER_DONE) {
+
+            if (u->headers_in.chunked) {
+                u->headers_in.content_length_n = -1;
+            }
+
+            if (u->headers_in.status_n == NGX_HTTP_NO_CONTENT
+                || u->headers_in.status_n == NGX_HTTP_NOT_MODIFIED
+                || (!u->headers_in.chunked
+                    && u->headers_in.content_length_n == 0))
+            {
+                u->keepalive = !u->headers_in.connection_close;
+            }
+
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "llm provider status %ui",
+                           u->headers_in.status_n);
+
+            return NGX_OK;
+        }
+
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        /* rc == NGX_HTTP_PARSE_INVALID_HEADER */
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm provider sent invalid header: \"%*s\\x%02xd...\"",
+                      r->header_end - r->header_name_start,
+                      r->header_name_start, *r->header_end);
+
+        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_llm_input_filter_init(void *data)
+{
+    ngx_http_request_t   *r = data;
+
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (u->headers_in.status_n == NGX_HTTP_NO_CONTENT
+        || u->headers_in.status_n == NGX_HTTP_NOT_MODIFIED)
+    {
+        u->length = 0;
+        u->keepalive = !u->headers_in.connection_close;
+
+    } else if (u->headers_in.chunked) {
+        ngx_memzero(&ctx->chunked, sizeof(ngx_http_chunked_t));
+        u->input_filter = ngx_http_llm_chunked_filter;
+        u->length = 1;
+
+    } else if (u->headers_in.content_length_n == 0) {
+        u->length = 0;
+        u->keepalive = !u->headers_in.connection_close;
+
+    } else {
+        /* the length, or -1: until the provider closes */
+        u->length = u->headers_in.content_length_n;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_copy_filter(void *data, ssize_t bytes)
+{
+    ngx_http_request_t   *r = data;
+
+    u_char               *pos, *last;
+    ngx_chain_t          *cl, **ll;
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (u->length == 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "llm provider sent more data than specified in "
+                      "\"Content-Length\" header");
+        u->keepalive = 0;
+        return NGX_OK;
+    }
+
+    pos = u->buffer.last;
+    u->buffer.last += bytes;
+    last = u->buffer.last;
+
+    if (u->length != -1) {
+
+        if (bytes > u->length) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "llm provider sent more data than specified in "
+                          "\"Content-Length\" header");
+
+            last = pos + u->length;
+            u->length = 0;
+
+        } else {
+            u->length -= bytes;
+
+            if (u->length == 0) {
+                u->keepalive = !u->headers_in.connection_close;
+            }
+        }
+    }
+
+    for (cl = u->out_bufs, ll = &u->out_bufs; cl; cl = cl->next) {
+        ll = &cl->next;
+    }
+
+    return ngx_http_llm_output(r, ctx, pos, last, &ll);
+}
+
+
+static ngx_int_t
+ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
+{
+    ngx_http_request_t   *r = data;
+
+    u_char               *pos;
+    ngx_int_t             rc;
+    ngx_buf_t            *buf;
+    ngx_chain_t          *cl, **ll;
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    buf = &u->buffer;
+
+    buf->pos = buf->last;
+    buf->last += bytes;
+
+    for (cl = u->out_bufs, ll = &u->out_bufs; cl; cl = cl->next) {
+        ll = &cl->next;
+    }
+
+    for ( ;; ) {
+
+        rc = ngx_http_parse_chunked(r, buf, &ctx->chunked);
+
+        if (rc == NGX_OK) {
+
+            pos = buf->pos;
+
+            if (buf->last - buf->pos >= ctx->chunked.size) {
+                buf->pos += (size_t) ctx->chunked.size;
+                ctx->chunked.size = 0;
+
+            } else {
+                ctx->chunked.size -= buf->last - buf->pos;
+                buf->pos = buf->last;
+            }
+
+            if (ngx_http_llm_output(r, ctx, pos, buf->pos, &ll) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (rc == NGX_DONE) {
+
+            u->keepalive = !u->headers_in.connection_close;
+            u->length = 0;
+
+            if (buf->pos != buf->last) {
+                ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                              "llm provider sent data after final chunk");
+                u->keepalive = 0;
+            }
+
+            break;
+        }
+
+        if (rc == NGX_AGAIN) {
+            break;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm provider sent invalid chunked response");
+
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Bytes of the reply body: to the client as they are, and, for a stream,
+ * through the SSE parser to the format.
+ */
+
+static ngx_int_t
+ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *pos, u_char *last, ngx_chain_t ***ll)
+{
+    ngx_buf_t            *b;
+    ngx_chain_t          *cl;
+    ngx_http_upstream_t  *u;
+
+    if (pos == last) {
+        return NGX_OK;
+    }
+
+    u = r->upstream;
+
+    if (ctx->stream
+        && ngx_http_llm_sse_parse(r, &ctx->sse, pos, last,
+                                  ctx->provider->format->event)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cl = ngx_chain_get_free_buf(r->pool, &u->free_bufs);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    **ll = cl;
+    *ll = &cl->next;
+
+    b = cl->buf;
+
+    b->flush = 1;
+    b->memory = 1;
+    b->pos = pos;
+    b->last = last;
+    b->tag = u->output.tag;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_abort_request(ngx_http_request_t *r)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "abort llm request");
+}
+
+
+static void
+ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "finalize llm request: %i", rc);
+}
