@@ -552,6 +552,8 @@ ngx_http_llm_mock_step(ngx_http_request_t *r, ngx_http_llm_mock_ctx_t *mctx)
             return NGX_ERROR;
         }
 
+        b->flush = 1;
+
         cl = ngx_alloc_chain_link(r->pool);
         if (cl == NULL) {
             return NGX_ERROR;
