@@ -1,10 +1,10 @@
 # nginx-llm-gateway: build, test, demo, bench.
-
-SHELL := /bin/bash
 #
 # The module is built against the headers and configure script of Debian's
 # nginx-dev, with the flags of the distribution's own nginx binary, so that
 # the .so loads into /usr/sbin/nginx as shipped.
+
+SHELL       := /bin/bash
 
 NGX_SRC     ?= /usr/share/nginx/src
 BUILD       ?= build
@@ -15,7 +15,7 @@ PROVE       ?= prove
 
 DEB_BUILD    = nginx nginx-dev libpcre2-dev zlib1g-dev libssl-dev \
                libcjson-dev make gcc
-DEB_TEST     = curl openssl perl nodejs npm
+DEB_TEST     = curl openssl perl
 DEB_BENCH    = wrk
 
 SRCS = $(wildcard src/*.c src/*.h) config
@@ -32,6 +32,8 @@ deps:
 
 deps-test: deps
 	@sh tools/deps.sh $(DEB_TEST)
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	    || sh tools/deps.sh nodejs npm
 
 deps-bench: deps
 	@sh tools/deps.sh $(DEB_BENCH)
@@ -65,7 +67,7 @@ bench: build deps-bench
 	@sh bench/run.sh $(CURDIR)/$(MODULE)
 
 install: build
-	install -m 0644 $(MODULE) /usr/lib/nginx/modules/
+	install -D -m 0644 $(MODULE) /usr/lib/nginx/modules/ngx_http_llm_module.so
 
 clean:
 	rm -rf $(BUILD)

@@ -14,6 +14,8 @@
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_prepare(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_request_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_models(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_json_cleanup(void *data);
@@ -143,62 +145,97 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    cJSON                 *json, *item;
-    ngx_http_llm_model_t  *map;
+    ngx_int_t                rc;
+    ngx_http_llm_model_t    *map;
+    ngx_http_llm_request_t  *req;
 
     if (ngx_http_llm_request_body(r, &ctx->body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    json = ngx_http_llm_parse_json(r, &ctx->body);
+    req = &ctx->req;
 
-    if (json == NULL) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                       "invalid_json", NULL,
-                                       "The request body is not valid JSON");
-    }
+    rc = ngx_http_llm_json_object(ctx->body.data,
+                                  ctx->body.data + ctx->body.len,
+                                  ngx_http_llm_request_member, req);
 
-    ctx->json = json;
-
-    if (!cJSON_IsObject(json)) {
+    if (rc == NGX_DECLINED) {
         return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "invalid_json", NULL,
                                        "The request body must be a JSON "
                                        "object");
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(json, "model");
+    if (req->duplicate.len) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body has \"%V\" twice",
+                                       &req->duplicate);
+    }
 
-    if (!cJSON_IsString(item) || item->valuestring[0] == '\0') {
+    if (req->escaped_key) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "Escape sequences are not allowed in "
+                                       "the top-level keys of the request");
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body is not valid JSON");
+    }
+
+    if (req->model.type != NGX_HTTP_LLM_JSON_STRING
+        || req->model.end - req->model.start == 2)
+    {
         return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "missing_model", "model",
                                        "You must provide a model parameter "
                                        "(a string)");
     }
 
-    ctx->model.data = (u_char *) item->valuestring;
-    ctx->model.len = ngx_strlen(item->valuestring);
-
-    if (ctx->endpoint == NGX_HTTP_LLM_CHAT) {
-        item = cJSON_GetObjectItemCaseSensitive(json, "messages");
-
-        if (!cJSON_IsArray(item) || cJSON_GetArraySize(item) == 0) {
-            return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                           "invalid_messages", "messages",
-                                           "\"messages\" must be a "
-                                           "non-empty array");
-        }
+    if (ngx_http_llm_json_unescape(r->pool, &req->model, &ctx->model)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(json, "stream");
+    if (ctx->endpoint == NGX_HTTP_LLM_CHAT
+        && (req->messages.type != NGX_HTTP_LLM_JSON_ARRAY
+            || req->messages.elements == 0))
+    {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_messages", "messages",
+                                       "\"messages\" must be a "
+                                       "non-empty array");
+    }
 
-    if (item && !cJSON_IsBool(item) && !cJSON_IsNull(item)) {
+    if (ctx->endpoint == NGX_HTTP_LLM_EMBEDDINGS
+        && req->input.type == NGX_HTTP_LLM_JSON_NONE)
+    {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "missing_input", "input",
+                                       "You must provide an input "
+                                       "parameter");
+    }
+
+    switch (req->stream.type) {
+
+    case NGX_HTTP_LLM_JSON_NONE:
+    case NGX_HTTP_LLM_JSON_NULL:
+    case NGX_HTTP_LLM_JSON_FALSE:
+        break;
+
+    case NGX_HTTP_LLM_JSON_TRUE:
+        ctx->stream = 1;
+        break;
+
+    default:
         return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "invalid_type", "stream",
                                        "\"stream\" must be a boolean");
     }
-
-    ctx->stream = cJSON_IsTrue(item);
 
     ctx->provider = ngx_http_llm_pick_provider(r, ctx->route, &ctx->model,
                                                &map);
@@ -210,31 +247,67 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "this gateway", &ctx->model);
     }
 
-    ctx->model_map = map;
-    ctx->upstream_model = ctx->model;
+    ctx->upstream_model = map ? map->name : ctx->model;
 
-    if (map == NULL
-        || (map->name.len == map->alias.len
-            && ngx_strncmp(map->name.data, map->alias.data, map->name.len)
-               == 0))
+    /* the body is edited only if the provider's name differs */
+
+    if (map
+        && (map->name.len != ctx->model.len
+            || ngx_strncmp(map->name.data, ctx->model.data, ctx->model.len)
+               != 0))
     {
+        ctx->model_map = map;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_request_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
+    void *data)
+{
+    ngx_http_llm_request_t *req = data;
+
+    ngx_http_llm_json_value_t  *dst;
+
+    if (v->key_escaped) {
+        req->escaped_key = 1;
+        return NGX_ERROR;
+    }
+
+    switch (key->len) {
+
+    case 5:
+        dst = (ngx_strncmp(key->data, "model", 5) == 0) ? &req->model
+              : (ngx_strncmp(key->data, "input", 5) == 0) ? &req->input
+              : NULL;
+        break;
+
+    case 6:
+        dst = (ngx_strncmp(key->data, "stream", 6) == 0) ? &req->stream
+                                                         : NULL;
+        break;
+
+    case 8:
+        dst = (ngx_strncmp(key->data, "messages", 8) == 0) ? &req->messages
+                                                           : NULL;
+        break;
+
+    default:
+        dst = NULL;
+    }
+
+    if (dst == NULL) {
         return NGX_OK;
     }
 
-    item = cJSON_CreateString((char *) map->name.data);
-
-    if (item == NULL
-        || !cJSON_ReplaceItemInObjectCaseSensitive(json, "model", item))
-    {
-        cJSON_Delete(item);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (dst->type != NGX_HTTP_LLM_JSON_NONE) {
+        req->duplicate = *key;
+        return NGX_ERROR;
     }
 
-    /* the old string went with the replaced item */
-
-    ctx->model = map->alias;
-    ctx->upstream_model = map->name;
-    ctx->modified = 1;
+    *dst = *v;
 
     return NGX_OK;
 }

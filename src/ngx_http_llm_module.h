@@ -28,9 +28,48 @@ typedef struct ngx_http_llm_format_s    ngx_http_llm_format_t;
 typedef struct ngx_http_llm_ctx_s       ngx_http_llm_ctx_t;
 
 
+#define NGX_HTTP_LLM_JSON_NONE     0
+#define NGX_HTTP_LLM_JSON_OBJECT   1
+#define NGX_HTTP_LLM_JSON_ARRAY    2
+#define NGX_HTTP_LLM_JSON_STRING   3
+#define NGX_HTTP_LLM_JSON_NUMBER   4
+#define NGX_HTTP_LLM_JSON_TRUE     5
+#define NGX_HTTP_LLM_JSON_FALSE    6
+#define NGX_HTTP_LLM_JSON_NULL     7
+
+
+/* a JSON value found by the scanner: its type and its bytes */
+
+typedef struct {
+    ngx_uint_t                   type;
+    u_char                      *start;
+    u_char                      *end;
+    ngx_uint_t                   elements;      /* of an array */
+    unsigned                     escaped:1;     /* a string with escapes */
+    unsigned                     key_escaped:1; /* its key had escapes */
+} ngx_http_llm_json_value_t;
+
+
+typedef ngx_int_t (*ngx_http_llm_json_member_pt)(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
+
+
+/* the top-level members of a client request that the gateway reads */
+
+typedef struct {
+    ngx_http_llm_json_value_t    model;
+    ngx_http_llm_json_value_t    messages;
+    ngx_http_llm_json_value_t    stream;
+    ngx_http_llm_json_value_t    input;
+    ngx_str_t                    duplicate;
+    ngx_uint_t                   escaped_key;
+} ngx_http_llm_request_t;
+
+
 typedef struct {
     ngx_str_t                    alias;
     ngx_str_t                    name;
+    ngx_str_t                    json;          /* name as a JSON string */
 } ngx_http_llm_model_t;
 
 
@@ -165,8 +204,8 @@ struct ngx_http_llm_ctx_s {
 
     ngx_uint_t                   endpoint;
 
-    cJSON                       *json;
     ngx_str_t                    body;          /* the client's JSON */
+    ngx_http_llm_request_t       req;
     ngx_str_t                    model;
     ngx_str_t                    upstream_model;
     ngx_str_t                    error;
@@ -179,7 +218,6 @@ struct ngx_http_llm_ctx_s {
     ngx_msec_t                   start;
 
     unsigned                     stream:1;
-    unsigned                     modified:1;
     unsigned                     done:1;
 };
 
@@ -216,6 +254,13 @@ void ngx_http_llm_upstream_start(ngx_http_request_t *r,
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
 ngx_http_llm_format_t *ngx_http_llm_format(ngx_str_t *name);
 ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
+ngx_int_t ngx_http_llm_body_chain(ngx_pool_t *pool, ngx_chain_t **out, ...);
+
+/* JSON scanner: ngx_http_llm_json.c */
+ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
+    ngx_http_llm_json_member_pt handler, void *data);
+ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
+    ngx_http_llm_json_value_t *v, ngx_str_t *out);
 
 /* SSE: ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_parse(ngx_http_request_t *r,

@@ -72,9 +72,7 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
 {
     u_char                   *d;
     size_t                    len;
-    ngx_buf_t                *b;
-    ngx_str_t                 endpoint;
-    ngx_chain_t              *cl;
+    ngx_str_t                 endpoint, part[3];
     ngx_http_llm_provider_t  *p;
 
     p = ctx->provider;
@@ -99,35 +97,23 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
     d = ngx_cpymem(d, p->base.data, p->base.len);
     ngx_memcpy(d, endpoint.data, endpoint.len);
 
-    if (ctx->modified) {
-        *body = ngx_http_llm_json_chain(r->pool, ctx->json);
-        return (*body == NULL) ? NGX_ERROR : NGX_OK;
+    /*
+     * The client's bytes go as they are; a model alias is replaced by the
+     * provider's name between them.
+     */
+
+    if (ctx->model_map == NULL) {
+        return ngx_http_llm_body_chain(r->pool, body, &ctx->body, NULL);
     }
 
-    /* unchanged: the client's bytes go as they are */
+    part[0].data = ctx->body.data;
+    part[0].len = ctx->req.model.start - ctx->body.data;
+    part[1] = ctx->model_map->json;
+    part[2].data = ctx->req.model.end;
+    part[2].len = ctx->body.data + ctx->body.len - ctx->req.model.end;
 
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->start = ctx->body.data;
-    b->pos = b->start;
-    b->last = b->start + ctx->body.len;
-    b->end = b->last;
-    b->memory = 1;
-
-    cl = ngx_alloc_chain_link(r->pool);
-    if (cl == NULL) {
-        return NGX_ERROR;
-    }
-
-    cl->buf = b;
-    cl->next = NULL;
-
-    *body = cl;
-
-    return NGX_OK;
+    return ngx_http_llm_body_chain(r->pool, body, &part[0], &part[1],
+                                   &part[2], NULL);
 }
 
 
@@ -143,6 +129,56 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
     {
         ctx->done = 1;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A chain of memory buffers over the given pieces (NULL-terminated list),
+ * without copying them.
+ */
+
+ngx_int_t
+ngx_http_llm_body_chain(ngx_pool_t *pool, ngx_chain_t **out, ...)
+{
+    va_list       args;
+    ngx_buf_t    *b;
+    ngx_str_t    *s;
+    ngx_chain_t  *cl, **ll;
+
+    ll = out;
+
+    va_start(args, out);
+
+    while ((s = va_arg(args, ngx_str_t *)) != NULL) {
+
+        if (s->len == 0) {
+            continue;
+        }
+
+        b = ngx_calloc_buf(pool);
+        cl = ngx_alloc_chain_link(pool);
+
+        if (b == NULL || cl == NULL) {
+            va_end(args);
+            return NGX_ERROR;
+        }
+
+        b->start = s->data;
+        b->pos = s->data;
+        b->last = s->data + s->len;
+        b->end = b->last;
+        b->memory = 1;
+
+        cl->buf = b;
+        *ll = cl;
+        ll = &cl->next;
+    }
+
+    va_end(args);
+
+    *ll = NULL;
 
     return NGX_OK;
 }

@@ -517,6 +517,20 @@ ngx_http_llm_provider_model_cmd(ngx_conf_t *cf, ngx_command_t *cmd,
     m->alias = value[1];
     m->name = (cf->args->nelts == 3) ? value[2] : value[1];
 
+    /* the name as it goes into a request body: a JSON string */
+
+    m->json.len = m->name.len + 2
+                  + ngx_escape_json(NULL, m->name.data, m->name.len);
+
+    m->json.data = ngx_pnalloc(cf->pool, m->json.len);
+    if (m->json.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    m->json.data[0] = '"';
+    ngx_escape_json(m->json.data + 1, m->name.data, m->name.len);
+    m->json.data[m->json.len - 1] = '"';
+
     return NGX_CONF_OK;
 }
 

@@ -208,6 +208,14 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
 
     r->upstream->request_bufs = cl;
 
+    /* the last buffer flushes the request out, through TLS too */
+
+    while (cl->next) {
+        cl = cl->next;
+    }
+
+    cl->buf->flush = 1;
+
     /* the provider key is in the buffer: nothing of it is logged */
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -1,0 +1,459 @@
+
+/*
+ * nginx-llm-gateway: a validating JSON scanner that does not build a tree.
+ *
+ * ngx_http_llm_json_object() checks that a buffer holds one JSON object
+ * (and nothing else but white space) and calls a handler for each of its
+ * members with the key and the exact byte range of the value.  Nested
+ * values are validated and skipped, never copied or allocated: the
+ * gateway reads the few members it needs and edits the client's bytes in
+ * place of re-serializing them.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_JSON_DEPTH  128
+
+
+static u_char *ngx_http_llm_json_ws(u_char *p, u_char *last);
+static u_char *ngx_http_llm_json_value(u_char *p, u_char *last,
+    ngx_uint_t depth, ngx_http_llm_json_value_t *v);
+static u_char *ngx_http_llm_json_string(u_char *p, u_char *last,
+    ngx_uint_t *escaped);
+static u_char *ngx_http_llm_json_number(u_char *p, u_char *last);
+static u_char *ngx_http_llm_json_members(u_char *p, u_char *last,
+    ngx_uint_t depth, ngx_http_llm_json_member_pt handler, void *data);
+static u_char *ngx_http_llm_json_elements(u_char *p, u_char *last,
+    ngx_uint_t depth, ngx_uint_t *n);
+
+
+ngx_int_t
+ngx_http_llm_json_object(u_char *p, u_char *last,
+    ngx_http_llm_json_member_pt handler, void *data)
+{
+    p = ngx_http_llm_json_ws(p, last);
+
+    if (p == last || *p != '{') {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_http_llm_json_members(p + 1, last, 1, handler, data);
+
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    return (ngx_http_llm_json_ws(p, last) == last) ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * The members of an object, after its "{"; returns the position after
+ * the closing "}", or NULL if the text is not valid JSON or the handler
+ * refused a member.
+ */
+
+static u_char *
+ngx_http_llm_json_members(u_char *p, u_char *last, ngx_uint_t depth,
+    ngx_http_llm_json_member_pt handler, void *data)
+{
+    ngx_uint_t                 escaped;
+    ngx_str_t                  key;
+    ngx_http_llm_json_value_t  v;
+
+    if (depth > NGX_HTTP_LLM_JSON_DEPTH) {
+        return NULL;
+    }
+
+    p = ngx_http_llm_json_ws(p, last);
+
+    if (p < last && *p == '}') {
+        return p + 1;
+    }
+
+    for ( ;; ) {
+
+        if (p == last || *p != '"') {
+            return NULL;
+        }
+
+        key.data = p + 1;
+
+        p = ngx_http_llm_json_string(p, last, &escaped);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        key.len = p - 1 - key.data;
+
+        p = ngx_http_llm_json_ws(p, last);
+
+        if (p == last || *p != ':') {
+            return NULL;
+        }
+
+        p = ngx_http_llm_json_ws(p + 1, last);
+
+        p = ngx_http_llm_json_value(p, last, depth, &v);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        v.key_escaped = escaped;
+
+        if (handler && handler(&key, &v, data) != NGX_OK) {
+            return NULL;
+        }
+
+        p = ngx_http_llm_json_ws(p, last);
+
+        if (p == last) {
+            return NULL;
+        }
+
+        if (*p == '}') {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p = ngx_http_llm_json_ws(p + 1, last);
+    }
+}
+
+
+static u_char *
+ngx_http_llm_json_elements(u_char *p, u_char *last, ngx_uint_t depth,
+    ngx_uint_t *n)
+{
+    ngx_http_llm_json_value_t  v;
+
+    *n = 0;
+
+    if (depth > NGX_HTTP_LLM_JSON_DEPTH) {
+        return NULL;
+    }
+
+    p = ngx_http_llm_json_ws(p, last);
+
+    if (p < last && *p == ']') {
+        return p + 1;
+    }
+
+    for ( ;; ) {
+
+        p = ngx_http_llm_json_value(p, last, depth, &v);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        (*n)++;
+
+        p = ngx_http_llm_json_ws(p, last);
+
+        if (p == last) {
+            return NULL;
+        }
+
+        if (*p == ']') {
+            return p + 1;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p = ngx_http_llm_json_ws(p + 1, last);
+    }
+}
+
+
+static u_char *
+ngx_http_llm_json_value(u_char *p, u_char *last, ngx_uint_t depth,
+    ngx_http_llm_json_value_t *v)
+{
+    ngx_uint_t  escaped;
+
+    v->start = p;
+    v->elements = 0;
+    v->escaped = 0;
+    v->key_escaped = 0;
+
+    if (p == last) {
+        return NULL;
+    }
+
+    switch (*p) {
+
+    case '{':
+        v->type = NGX_HTTP_LLM_JSON_OBJECT;
+        p = ngx_http_llm_json_members(p + 1, last, depth + 1, NULL, NULL);
+        break;
+
+    case '[':
+        v->type = NGX_HTTP_LLM_JSON_ARRAY;
+        p = ngx_http_llm_json_elements(p + 1, last, depth + 1, &v->elements);
+        break;
+
+    case '"':
+        v->type = NGX_HTTP_LLM_JSON_STRING;
+        p = ngx_http_llm_json_string(p, last, &escaped);
+        v->escaped = escaped;
+        break;
+
+    case 't':
+        v->type = NGX_HTTP_LLM_JSON_TRUE;
+        p = (last - p >= 4 && ngx_strncmp(p, "true", 4) == 0) ? p + 4 : NULL;
+        break;
+
+    case 'f':
+        v->type = NGX_HTTP_LLM_JSON_FALSE;
+        p = (last - p >= 5 && ngx_strncmp(p, "false", 5) == 0) ? p + 5 : NULL;
+        break;
+
+    case 'n':
+        v->type = NGX_HTTP_LLM_JSON_NULL;
+        p = (last - p >= 4 && ngx_strncmp(p, "null", 4) == 0) ? p + 4 : NULL;
+        break;
+
+    default:
+        v->type = NGX_HTTP_LLM_JSON_NUMBER;
+        p = ngx_http_llm_json_number(p, last);
+    }
+
+    v->end = p;
+
+    return p;
+}
+
+
+/* a string from its opening quote; returns the position after the end */
+
+static u_char *
+ngx_http_llm_json_string(u_char *p, u_char *last, ngx_uint_t *escaped)
+{
+    ngx_uint_t  i;
+
+    *escaped = 0;
+
+    for (p++; p < last; p++) {
+
+        if (*p == '"') {
+            return p + 1;
+        }
+
+        if (*p < 0x20) {
+            return NULL;
+        }
+
+        if (*p != '\\') {
+            continue;
+        }
+
+        *escaped = 1;
+
+        if (++p == last) {
+            return NULL;
+        }
+
+        switch (*p) {
+        case '"': case '\\': case '/': case 'b':
+        case 'f': case 'n': case 'r': case 't':
+            break;
+
+        case 'u':
+            if (last - p < 5) {
+                return NULL;
+            }
+
+            for (i = 1; i <= 4; i++) {
+                if (!isxdigit(p[i])) {
+                    return NULL;
+                }
+            }
+
+            p += 4;
+            break;
+
+        default:
+            return NULL;
+        }
+    }
+
+    return NULL;
+}
+
+
+static u_char *
+ngx_http_llm_json_number(u_char *p, u_char *last)
+{
+    u_char  *start;
+
+    if (p < last && *p == '-') {
+        p++;
+    }
+
+    if (p == last) {
+        return NULL;
+    }
+
+    if (*p == '0') {
+        p++;
+
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < last && *p >= '0' && *p <= '9') {
+            p++;
+        }
+
+    } else {
+        return NULL;
+    }
+
+    if (p < last && *p == '.') {
+        start = ++p;
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            p++;
+        }
+
+        if (p == start) {
+            return NULL;
+        }
+    }
+
+    if (p < last && (*p == 'e' || *p == 'E')) {
+        p++;
+
+        if (p < last && (*p == '+' || *p == '-')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            p++;
+        }
+
+        if (p == start) {
+            return NULL;
+        }
+    }
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_llm_json_ws(u_char *p, u_char *last)
+{
+    while (p < last
+           && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    {
+        p++;
+    }
+
+    return p;
+}
+
+
+/*
+ * The text of a string value, unescaped into the pool when it has
+ * escapes (\uXXXX, surrogate pairs included, become UTF-8).
+ */
+
+ngx_int_t
+ngx_http_llm_json_unescape(ngx_pool_t *pool, ngx_http_llm_json_value_t *v,
+    ngx_str_t *out)
+{
+    u_char      *p, *last, *d;
+    uint32_t     cp, lo;
+    ngx_uint_t   i;
+
+    p = v->start + 1;
+    last = v->end - 1;
+
+    if (!v->escaped) {
+        out->data = p;
+        out->len = last - p;
+        return NGX_OK;
+    }
+
+    d = ngx_pnalloc(pool, last - p);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = d;
+
+    while (p < last) {
+
+        if (*p != '\\') {
+            *d++ = *p++;
+            continue;
+        }
+
+        p++;
+
+        switch (*p++) {
+        case 'b': *d++ = '\b'; continue;
+        case 'f': *d++ = '\f'; continue;
+        case 'n': *d++ = '\n'; continue;
+        case 'r': *d++ = '\r'; continue;
+        case 't': *d++ = '\t'; continue;
+        case 'u': break;
+        default: *d++ = p[-1]; continue;
+        }
+
+        cp = 0;
+
+        for (i = 0; i < 4; i++) {
+            cp = cp * 16 + ngx_hextoi(p + i, 1);
+        }
+
+        p += 4;
+
+        if (cp >= 0xd800 && cp <= 0xdbff && last - p >= 6
+            && p[0] == '\\' && p[1] == 'u')
+        {
+            lo = 0;
+
+            for (i = 2; i < 6; i++) {
+                lo = lo * 16 + ngx_hextoi(p + i, 1);
+            }
+
+            if (lo >= 0xdc00 && lo <= 0xdfff) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                p += 6;
+            }
+        }
+
+        /* at most 4 bytes of UTF-8 from at least 6 bytes of escape */
+
+        if (cp < 0x80) {
+            *d++ = (u_char) cp;
+
+        } else if (cp < 0x800) {
+            *d++ = (u_char) (0xc0 | (cp >> 6));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+
+        } else if (cp < 0x10000) {
+            *d++ = (u_char) (0xe0 | (cp >> 12));
+            *d++ = (u_char) (0x80 | ((cp >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+
+        } else {
+            *d++ = (u_char) (0xf0 | (cp >> 18));
+            *d++ = (u_char) (0x80 | ((cp >> 12) & 0x3f));
+            *d++ = (u_char) (0x80 | ((cp >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+        }
+    }
+
+    out->len = d - out->data;
+
+    return NGX_OK;
+}
