@@ -29,6 +29,28 @@ static u_char *ngx_http_llm_json_elements(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_uint_t *n);
 
 
+/* the bytes that end the plain run of a string: controls, '"' and '\\' */
+
+static u_char  ngx_http_llm_json_special[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,    /* '"' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,    /* '\\' */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+};
+
+
 ngx_int_t
 ngx_http_llm_json_object(u_char *p, u_char *last,
     ngx_http_llm_json_member_pt handler, void *data)
@@ -242,16 +264,18 @@ ngx_http_llm_json_string(u_char *p, u_char *last, ngx_uint_t *escaped)
 
     for (p++; p < last; p++) {
 
+        while (!ngx_http_llm_json_special[*p]) {
+            if (++p == last) {
+                return NULL;
+            }
+        }
+
         if (*p == '"') {
             return p + 1;
         }
 
         if (*p < 0x20) {
             return NULL;
-        }
-
-        if (*p != '\\') {
-            continue;
         }
 
         *escaped = 1;

@@ -165,6 +165,9 @@ typedef struct {
     size_t                       len;
     size_t                       size;
 
+    u_char                      *ref;         /* or the data in the input */
+    size_t                       ref_len;
+
     u_char                       fname[8];    /* the field name being read */
     size_t                       flen;
 

@@ -41,6 +41,9 @@ static ngx_int_t ngx_http_llm_sse_append(ngx_http_request_t *r,
     ngx_http_llm_sse_t *sse, u_char *p, size_t n);
 static ngx_int_t ngx_http_llm_sse_line_end(ngx_http_request_t *r,
     ngx_http_llm_sse_t *sse);
+static ngx_int_t ngx_http_llm_sse_materialize(ngx_http_request_t *r,
+    ngx_http_llm_sse_t *sse);
+static u_char *ngx_http_llm_sse_eol(u_char *p, u_char *last);
 
 
 ngx_int_t
@@ -131,15 +134,30 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
         case sw_value:
         case sw_skip:
 
-            for (start = p; p < last; p++) {
-                if (*p == CR || *p == LF) {
-                    break;
-                }
-            }
+            start = p;
+            p = ngx_http_llm_sse_eol(p, last);
 
-            if (sse->state == sw_value && p > start) {
-                if (ngx_http_llm_sse_append(r, sse, start, p - start)
-                    != NGX_OK)
+            if (sse->state == sw_skip) {
+                /* a comment line */
+
+            } else if (sse->field == field_data && p < last
+                       && !sse->has_data && sse->len == 0)
+            {
+                /*
+                 * The first data line of an event, whole in this input:
+                 * it is referenced, not copied, until the event ends.
+                 */
+
+                sse->ref = start;
+                sse->ref_len = p - start;
+                sse->has_data = 1;
+                sse->field = field_none;
+
+            } else if (p > start) {
+
+                if (ngx_http_llm_sse_materialize(r, sse) != NGX_OK
+                    || ngx_http_llm_sse_append(r, sse, start, p - start)
+                       != NGX_OK)
                 {
                     return NGX_ERROR;
                 }
@@ -159,6 +177,12 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
             p++;
             break;
         }
+    }
+
+    /* the input goes away: what the current event refers to is kept */
+
+    if (ngx_http_llm_sse_materialize(r, sse) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     return NGX_OK;
@@ -215,7 +239,9 @@ ngx_http_llm_sse_append(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
             size *= 2;
         }
 
-        data = ngx_pnalloc(r->pool, ngx_min(size, NGX_HTTP_LLM_SSE_DATA_MAX));
+        size = ngx_min(size, NGX_HTTP_LLM_SSE_DATA_MAX);
+
+        data = ngx_pnalloc(r->pool, size);
         if (data == NULL) {
             return NGX_ERROR;
         }
@@ -229,13 +255,56 @@ ngx_http_llm_sse_append(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
         }
 
         sse->data = data;
-        sse->size = ngx_min(size, NGX_HTTP_LLM_SSE_DATA_MAX);
+        sse->size = size;
     }
 
     ngx_memcpy(sse->data + sse->len, p, n);
     sse->len += n;
 
     return NGX_OK;
+}
+
+
+/* the referenced first line of data, copied with its LF */
+
+static ngx_int_t
+ngx_http_llm_sse_materialize(ngx_http_request_t *r, ngx_http_llm_sse_t *sse)
+{
+    u_char      lf, *ref;
+    ngx_uint_t  field;
+
+    if (sse->ref == NULL) {
+        return NGX_OK;
+    }
+
+    ref = sse->ref;
+    sse->ref = NULL;
+
+    field = sse->field;
+    sse->field = field_data;
+    lf = LF;
+
+    if (ngx_http_llm_sse_append(r, sse, ref, sse->ref_len) != NGX_OK
+        || ngx_http_llm_sse_append(r, sse, &lf, 1) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sse->field = field;
+
+    return NGX_OK;
+}
+
+
+static u_char *
+ngx_http_llm_sse_eol(u_char *p, u_char *last)
+{
+    u_char  *lf, *cr;
+
+    lf = memchr(p, LF, last - p);
+    cr = memchr(p, CR, (lf ? lf : last) - p);
+
+    return cr ? cr : (lf ? lf : last);
 }
 
 
@@ -252,6 +321,10 @@ ngx_http_llm_sse_line_end(ngx_http_request_t *r, ngx_http_llm_sse_t *sse)
     if (sse->field != field_data) {
         sse->field = field_none;
         return NGX_OK;
+    }
+
+    if (ngx_http_llm_sse_materialize(r, sse) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     sse->has_data = 1;
@@ -282,12 +355,22 @@ ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
 
     ev.event.data = sse->name;
     ev.event.len = sse->name_len;
-    ev.data.data = sse->data;
-    ev.data.len = sse->len;
     ev.truncated = sse->truncated;
 
-    if (!ev.truncated && ev.data.len && ev.data.data[ev.data.len - 1] == LF) {
-        ev.data.len--;
+    if (sse->ref) {
+        ev.data.data = sse->ref;
+        ev.data.len = sse->ref_len;
+        sse->ref = NULL;
+
+    } else {
+        ev.data.data = sse->data;
+        ev.data.len = sse->len;
+
+        if (!ev.truncated && ev.data.len
+            && ev.data.data[ev.data.len - 1] == LF)
+        {
+            ev.data.len--;
+        }
     }
 
     sse->nevents++;
