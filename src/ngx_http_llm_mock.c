@@ -43,6 +43,7 @@ typedef struct {
     ngx_uint_t                   completion_tokens;
 
     unsigned                     include_usage:1;
+    unsigned                     base64:1;
     unsigned                     malformed:1;
     unsigned                     stalled:1;
 } ngx_http_llm_mock_ctx_t;
@@ -67,6 +68,7 @@ static ngx_int_t ngx_http_llm_mock_reply(ngx_http_request_t *r,
     ngx_http_llm_mock_ctx_t *mctx);
 static ngx_int_t ngx_http_llm_mock_embeddings(ngx_http_request_t *r,
     ngx_http_llm_mock_ctx_t *mctx);
+static u_char *ngx_http_llm_mock_base64(u_char *p, ngx_uint_t bytes);
 static ngx_buf_t *ngx_http_llm_mock_event(ngx_http_request_t *r,
     ngx_http_llm_mock_ctx_t *mctx, ngx_uint_t n);
 static ngx_int_t ngx_http_llm_mock_fault(ngx_http_request_t *r,
@@ -310,6 +312,10 @@ ngx_http_llm_mock_prepare(ngx_http_request_t *r,
     mctx->chunks = ngx_min(mctx->chunks, sizeof(NGX_HTTP_LLM_MOCK_TEXT) - 1);
 
     if (mctx->llm.endpoint == NGX_HTTP_LLM_EMBEDDINGS) {
+        item = cJSON_GetObjectItemCaseSensitive(json, "encoding_format");
+        mctx->base64 = cJSON_IsString(item)
+                       && ngx_strcmp(item->valuestring, "base64") == 0;
+
         mctx->input = cJSON_GetObjectItemCaseSensitive(json, "input");
         mctx->prompt_tokens = (ngx_http_llm_mock_input_bytes(mctx->input)
                                + 3) / 4;
@@ -733,12 +739,20 @@ ngx_http_llm_mock_embeddings(ngx_http_request_t *r,
 
         /* a deterministic vector, a function of the input size */
 
-        for (k = 0; k < NGX_HTTP_LLM_MOCK_DIMS; k++) {
-            b->last = ngx_sprintf(b->last, "%s0.%04ui", k ? "," : "",
-                                  (bytes * 31 + k * 977) % 10000);
+        if (mctx->base64) {
+            b->last[-1] = '"';
+            b->last = ngx_http_llm_mock_base64(b->last, bytes);
+            *b->last++ = '"';
+
+        } else {
+            for (k = 0; k < NGX_HTTP_LLM_MOCK_DIMS; k++) {
+                b->last = ngx_sprintf(b->last, "%s0.%04ui", k ? "," : "",
+                                      (bytes * 31 + k * 977) % 10000);
+            }
+
+            *b->last++ = ']';
         }
 
-        *b->last++ = ']';
         *b->last++ = '}';
     }
 
@@ -760,6 +774,40 @@ ngx_http_llm_mock_embeddings(ngx_http_request_t *r,
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * The same vector as little-endian float32 values in base64, as OpenAI
+ * sends it for "encoding_format": "base64".
+ */
+
+static u_char *
+ngx_http_llm_mock_base64(u_char *p, ngx_uint_t bytes)
+{
+    float       f;
+    uint32_t    u;
+    ngx_str_t   src, dst;
+    ngx_uint_t  k;
+    u_char      raw[NGX_HTTP_LLM_MOCK_DIMS * 4];
+
+    for (k = 0; k < NGX_HTTP_LLM_MOCK_DIMS; k++) {
+        f = (float) ((bytes * 31 + k * 977) % 10000) / 10000;
+        ngx_memcpy(&u, &f, 4);
+
+        raw[k * 4] = (u_char) u;
+        raw[k * 4 + 1] = (u_char) (u >> 8);
+        raw[k * 4 + 2] = (u_char) (u >> 16);
+        raw[k * 4 + 3] = (u_char) (u >> 24);
+    }
+
+    src.data = raw;
+    src.len = sizeof(raw);
+    dst.data = p;
+
+    ngx_encode_base64(&dst, &src);
+
+    return p + dst.len;
 }
 
 
