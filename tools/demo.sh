@@ -133,7 +133,7 @@ show() {
 }
 
 echo "--- a chat completion"
-show curl -sS "$GATEWAY/v1/chat/completions" \
+show curl -sS -w '\n' "$GATEWAY/v1/chat/completions" \
     -H 'Content-Type: application/json' \
     -H 'Authorization: Bearer any-client-key' \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway!"}]}'
