@@ -390,7 +390,7 @@ ngx_http_llm_provider_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char             *env;
     u_char           *buf;
-    size_t            len;
+    size_t            len, i;
     ssize_t           n;
     ngx_fd_t          fd;
     ngx_str_t        *value, name;
@@ -462,13 +462,30 @@ ngx_http_llm_provider_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
+        /* the first line */
+
         p->key.data = buf;
         p->key.len = n;
+
+        for (i = 0; i < (size_t) n; i++) {
+            if (buf[i] == LF || buf[i] == CR) {
+                p->key.len = i;
+                break;
+            }
+        }
+    }
+
+    while (p->key.len
+           && (p->key.data[0] == ' ' || p->key.data[0] == '\t'))
+    {
+        p->key.data++;
+        p->key.len--;
     }
 
     while (p->key.len
            && (p->key.data[p->key.len - 1] == '\n'
                || p->key.data[p->key.len - 1] == '\r'
+               || p->key.data[p->key.len - 1] == '\t'
                || p->key.data[p->key.len - 1] == ' '))
     {
         p->key.len--;
@@ -659,11 +676,13 @@ ngx_http_llm_provider_url(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
         p->base.len--;
     }
 
-    if (p->host.len == 0) {
-        p->host = u.host;
+    if (p->host.len) {
+        p->sni = p->host;
+        return NGX_CONF_OK;
     }
 
-    p->sni = p->host;
+    p->host = u.host;
+    p->sni = u.host;
 
     if (!u.no_port && u.port != port) {
         h = ngx_pnalloc(cf->pool, p->host.len + sizeof(":65535") - 1);
@@ -793,15 +812,14 @@ ngx_http_llm_provider_upstream(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
 #endif
 
     /*
-     * A url that names a host (not an upstream{} block) gets keepalive
-     * connections: the upstream is initialized through our hook, which
-     * enables nginx's own keepalive cache on it.
+     * A url that names a host (not an upstream{} block) is initialized
+     * through our hook: a copy of the upstream for this provider, with
+     * nginx's own keepalive cache enabled on it.
      */
 
     uscf = u->upstream;
 
-    if (p->keepalive > 0
-        && !(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
+    if (!(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
         && (uscf->peer.init_upstream == NULL
             || uscf->peer.init_upstream == ngx_http_llm_init_upstream))
     {
@@ -900,41 +918,69 @@ ngx_http_llm_provider_ssl(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
 #endif
 
 
+/*
+ * The upstream of a url that names a host is shared by every provider
+ * (and proxy_pass) with the same host and port.  Each provider gets a copy
+ * of its own, so that keepalive connections, and the TLS settings they
+ * were verified with, never pass from one provider to another.
+ */
+
 static ngx_int_t
 ngx_http_llm_init_upstream(ngx_conf_t *cf, ngx_http_upstream_srv_conf_t *us)
 {
-    ngx_int_t                   n;
-    ngx_uint_t                  i;
-    ngx_http_llm_provider_t   **pp;
-    ngx_http_llm_main_conf_t   *lmcf;
+    ngx_uint_t                      i;
+    ngx_http_llm_provider_t       **pp;
+    ngx_http_llm_main_conf_t       *lmcf;
+    ngx_http_upstream_srv_conf_t    orig, *uscf;
+    ngx_http_upstream_init_pt       init;
+
+    us->peer.init_upstream = NULL;
 
     if (us->flags & NGX_HTTP_UPSTREAM_CREATE) {
         /* an upstream{} block with this name was defined after all */
         return ngx_http_upstream_init_round_robin(cf, us);
     }
 
-    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    orig = *us;
 
-    n = 0;
-    pp = lmcf->providers.elts;
-
-    for (i = 0; i < lmcf->providers.nelts; i++) {
-        if (pp[i]->upstream.upstream == us && pp[i]->keepalive > n) {
-            n = pp[i]->keepalive;
-        }
-    }
-
-    us->peer.init_upstream = NULL;
-
-    if (n == 0) {
-        return ngx_http_upstream_init_round_robin(cf, us);
-    }
-
-    if (ngx_http_llm_keepalive_enable(cf, us, n) != NGX_OK) {
+    if (ngx_http_upstream_init_round_robin(cf, us) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    return us->peer.init_upstream(cf, us);
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+    pp = lmcf->providers.elts;
+
+    for (i = 0; i < lmcf->providers.nelts; i++) {
+
+        if (pp[i]->upstream.upstream != us) {
+            continue;
+        }
+
+        uscf = ngx_palloc(cf->pool, sizeof(ngx_http_upstream_srv_conf_t));
+        if (uscf == NULL) {
+            return NGX_ERROR;
+        }
+
+        *uscf = orig;
+
+        if (pp[i]->keepalive
+            && ngx_http_llm_keepalive_enable(cf, uscf, pp[i]->keepalive)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        init = uscf->peer.init_upstream ? uscf->peer.init_upstream
+                                        : ngx_http_upstream_init_round_robin;
+
+        if (init(cf, uscf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        pp[i]->upstream.upstream = uscf;
+    }
+
+    return NGX_OK;
 }
 
 
