@@ -309,6 +309,22 @@ median() {
             if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+paired_ratio() {
+    # $1 mode: the median over rounds of (llm_pass / proxy_pass) requests/s
+    # of the same round; pairing the rounds cancels most of the drift of a
+    # noisy machine that the ratio of two separate medians keeps
+    awk -v m="$1" '$1 == m && $2 == "proxy" { p[++np] = $3 }
+                   $1 == m && $2 == "llm"   { l[++nl] = $3 }
+        END {
+            n = (np < nl) ? np : nl
+            for (i = 1; i <= n; i++) r[i] = (p[i] > 0) ? l[i] / p[i] : 0
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+                if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+            if (n == 0) { print "nan"; exit }
+            if (n % 2) print r[(n + 1) / 2]; else print (r[n / 2] + r[n / 2 + 1]) / 2
+        }' "$RESULTS"
+}
+
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
 echo
@@ -318,16 +334,18 @@ for m in json sse; do
     case $m in json) label="non-streaming" ;; sse) label="streaming (10 SSE events)" ;; esac
     prps=$(median $m proxy 3); pp50=$(median $m proxy 4); pp99=$(median $m proxy 5)
     lrps=$(median $m llm 3);   lp50=$(median $m llm 4);   lp99=$(median $m llm 5)
+    ratio=$(paired_ratio $m)
     awk -v label="$label" -v prps="$prps" -v pp50="$pp50" -v pp99="$pp99" \
-        -v lrps="$lrps" -v lp50="$lp50" -v lp99="$lp99" 'BEGIN {
+        -v lrps="$lrps" -v lp50="$lp50" -v lp99="$lp99" -v ratio="$ratio" 'BEGIN {
         printf "| %s | proxy_pass | %.0f | %.2f ms | %.2f ms |\n", label, prps, pp50, pp99
         printf "| %s | llm_pass | %.0f | %.2f ms | %.2f ms |\n", label, lrps, lp50, lp99
         printf "| %s | **llm_pass / proxy_pass** | **%.2f×** | %.2f× | %.2f× |\n", label,
-            (prps > 0 ? lrps / prps : 0), (pp50 > 0 ? lp50 / pp50 : 0), (pp99 > 0 ? lp99 / pp99 : 0)
+            ratio, (pp50 > 0 ? lp50 / pp50 : 0), (pp99 > 0 ? lp99 / pp99 : 0)
     }'
 done
 echo
-echo "Medians of $ROUNDS interleaved ${DURATION}-second rounds after a warmup; wrk 1 thread," \
+echo "Medians of $ROUNDS interleaved ${DURATION}-second rounds after a warmup (the requests/s" \
+     "ratio is the median of the per-round ratios); wrk 1 thread," \
      "$CONNS keep-alive connections, POST of a $(printf %s "$REQ_JSON" | wc -c)-byte chat request;" \
      "one nginx $("$NGINX" -v 2>&1 | sed 's/^.*nginx\///') with worker_processes 1 serving both fronts and" \
      "a \`return 200\` upstream (keepalive 64) on 127.0.0.1; ${cpu:-unknown CPU}, $(nproc) cores."
