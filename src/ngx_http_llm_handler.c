@@ -294,6 +294,11 @@ ngx_http_llm_request_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
                                                            : NULL;
         break;
 
+    case 14:
+        dst = (ngx_strncmp(key->data, "stream_options", 14) == 0)
+              ? &req->stream_options : NULL;
+        break;
+
     default:
         dst = NULL;
     }

@@ -23,6 +23,16 @@
 #define NGX_HTTP_LLM_MODELS        3
 
 
+#define NGX_HTTP_LLM_USAGE_NONE       0
+#define NGX_HTTP_LLM_USAGE_PROVIDER   1
+#define NGX_HTTP_LLM_USAGE_ESTIMATED  2
+
+#define NGX_HTTP_LLM_USAGE_SLOTS      6
+
+#define NGX_HTTP_LLM_UINT64_MAX       ((uint64_t) 0xffffffffffffffffULL)
+#define NGX_HTTP_LLM_COUNTER_MAX      ((uint64_t) 0x7fffffffffffffffULL)
+
+
 typedef struct ngx_http_llm_provider_s  ngx_http_llm_provider_t;
 typedef struct ngx_http_llm_format_s    ngx_http_llm_format_t;
 typedef struct ngx_http_llm_ctx_s       ngx_http_llm_ctx_t;
@@ -54,12 +64,22 @@ typedef ngx_int_t (*ngx_http_llm_json_member_pt)(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
 
 
+/* an edit of the client's body: bytes replaced by a text */
+
+typedef struct {
+    u_char                      *start;
+    u_char                      *end;
+    ngx_str_t                    text;
+} ngx_http_llm_edit_t;
+
+
 /* the top-level members of a client request that the gateway reads */
 
 typedef struct {
     ngx_http_llm_json_value_t    model;
     ngx_http_llm_json_value_t    messages;
     ngx_http_llm_json_value_t    stream;
+    ngx_http_llm_json_value_t    stream_options;
     ngx_http_llm_json_value_t    input;
     ngx_str_t                    duplicate;
     ngx_uint_t                   escaped_key;
@@ -90,6 +110,7 @@ struct ngx_http_llm_provider_s {
     ngx_str_t                    fixed_headers;
 
     ngx_int_t                    keepalive;
+    ngx_flag_t                   stream_usage;
     ngx_uint_t                   ssl;
 
 #if (NGX_HTTP_SSL)
@@ -122,9 +143,30 @@ typedef struct {
 } ngx_http_llm_route_t;
 
 
+/* prices per token, in 1e-12 USD, so that every cost is an exact integer */
+
+typedef struct {
+    ngx_str_t                    model;
+    uint64_t                     input;
+    uint64_t                     output;
+    uint64_t                     cache_read;
+    uint64_t                     cache_write;
+    uint64_t                     reasoning;
+    uint64_t                     max_input_tokens;
+    uint64_t                     max_output_tokens;
+} ngx_http_llm_price_t;
+
+
 typedef struct {
     ngx_array_t                  providers;  /* ngx_http_llm_provider_t * */
     ngx_array_t                  routes;     /* ngx_http_llm_route_t * */
+
+    ngx_array_t                 *prices;     /* ngx_http_llm_price_t */
+    ngx_array_t                 *overrides;  /* ngx_http_llm_price_t */
+    ngx_str_t                    prices_file;
+    ngx_hash_t                   price_hash;
+
+    ngx_shm_zone_t              *zone;
 } ngx_http_llm_main_conf_t;
 
 
@@ -143,11 +185,79 @@ typedef struct {
 } ngx_http_llm_loc_conf_t;
 
 
+/* the canonical usage of a request, in tokens (see the README) */
+
+typedef struct {
+    uint64_t                     input;         /* all input */
+    uint64_t                     cache_read;    /* of input */
+    uint64_t                     cache_write;   /* of input */
+    uint64_t                     output;        /* all output */
+    uint64_t                     reasoning;     /* of output */
+} ngx_http_llm_usage_t;
+
+
+/* the counters of a provider's usage objects: for each, the last wins */
+
+typedef struct {
+    uint64_t                     slot[NGX_HTTP_LLM_USAGE_SLOTS];
+    ngx_uint_t                   seen;          /* a bit per slot */
+    ngx_uint_t                   objects;       /* usage objects read */
+    ngx_uint_t                   invalid;       /* untrusted objects */
+} ngx_http_llm_usage_raw_t;
+
+
+typedef struct {
+    ngx_str_t                    key;           /* member of the object */
+    ngx_str_t                    sub;           /* its member, or none */
+    ngx_uint_t                   slot;
+} ngx_http_llm_usage_field_t;
+
+
+/* how a provider family reports usage */
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_str_t                    container;     /* "usage", ... */
+    ngx_str_t                    parent;        /* "message" or none */
+    ngx_http_llm_usage_field_t  *fields;
+    void                       (*canonical)(ngx_http_llm_usage_raw_t *raw,
+                                       ngx_http_llm_usage_t *usage);
+} ngx_http_llm_dialect_t;
+
+
+/* finds the top-level usage object in a body that arrives in pieces */
+
+typedef struct {
+    ngx_uint_t                   depth;
+    u_char                       key[16];
+    size_t                       key_len;
+    u_char                      *buf;           /* the object captured */
+    size_t                       len;
+    size_t                       size;
+    unsigned                     in_string:1;
+    unsigned                     escape:1;
+    unsigned                     want_key:1;
+    unsigned                     in_key:1;
+    unsigned                     match:1;       /* the key is the container */
+    unsigned                     value:1;       /* the match's value next */
+    unsigned                     capturing:1;
+    unsigned                     overflow:1;
+} ngx_http_llm_capture_t;
+
+
 /* an SSE event as the parser hands it to a format */
+
+#define NGX_HTTP_LLM_SSE_KEEP      0
+#define NGX_HTTP_LLM_SSE_DROP      1
+#define NGX_HTTP_LLM_SSE_REPLACE   2
 
 typedef struct {
     ngx_str_t                    event;
     ngx_str_t                    data;
+    u_char                      *end;       /* in the input, after it */
+    ngx_uint_t                   action;    /* what the client gets */
+    u_char                      *cut_start; /* REPLACE: the data less */
+    u_char                      *cut_end;   /* these bytes */
     unsigned                     truncated:1;
 } ngx_http_llm_sse_event_t;
 
@@ -197,6 +307,8 @@ struct ngx_http_llm_format_s {
     /* a complete SSE event of a streamed reply */
     ngx_int_t                  (*event)(ngx_http_request_t *r,
                                        ngx_http_llm_sse_event_t *ev);
+
+    ngx_http_llm_dialect_t      *dialect;
 };
 
 
@@ -217,11 +329,31 @@ struct ngx_http_llm_ctx_s {
     ngx_http_status_t            status;
     ngx_http_chunked_t           chunked;
     ngx_http_llm_sse_t           sse;
+    ngx_http_llm_capture_t       capture;
+
+    ngx_http_llm_usage_raw_t     raw;
+    ngx_http_llm_usage_t         usage;
+    ngx_uint_t                   usage_source;
+    uint64_t                     cost;          /* 1e-12 USD */
+    ngx_uint_t                   events;        /* SSE events received */
+    off_t                        received;      /* body bytes received */
+
+    /* a stream whose events are edited: the bytes of the current event */
+    u_char                      *raw_start;
+    u_char                      *hold;
+    size_t                       hold_len;
+    size_t                       hold_size;
+    ngx_chain_t                 *blocks;        /* output memory, reused */
+    ngx_chain_t                **out;
 
     ngx_msec_t                   start;
+    ngx_msec_t                   first_byte;    /* of the reply, or 0 */
 
     unsigned                     stream:1;
+    unsigned                     strip_usage:1;
     unsigned                     done:1;
+    unsigned                     finalized:1;
+    unsigned                     priced:1;
 };
 
 
@@ -257,7 +389,8 @@ void ngx_http_llm_upstream_start(ngx_http_request_t *r,
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
 ngx_http_llm_format_t *ngx_http_llm_format(ngx_str_t *name);
 ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
-ngx_int_t ngx_http_llm_body_chain(ngx_pool_t *pool, ngx_chain_t **out, ...);
+ngx_int_t ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
+    ngx_http_llm_edit_t *edit, ngx_uint_t n, ngx_chain_t **out);
 
 /* JSON scanner: ngx_http_llm_json.c */
 ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
@@ -265,10 +398,38 @@ ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
 ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
     ngx_http_llm_json_value_t *v, ngx_str_t *out);
 
+/* stream output: ngx_http_llm_stream.c */
+ngx_int_t ngx_http_llm_stream_output(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *pos, u_char *last, ngx_chain_t ***ll);
+
 /* SSE: ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_parse(ngx_http_request_t *r,
     ngx_http_llm_sse_t *sse, u_char *p, u_char *last,
     ngx_http_llm_sse_handler_pt handler);
+
+/* usage: ngx_http_llm_usage.c */
+extern ngx_http_llm_dialect_t  ngx_http_llm_dialect_openai;
+extern ngx_http_llm_dialect_t  ngx_http_llm_dialect_anthropic;
+extern ngx_http_llm_dialect_t  ngx_http_llm_dialect_gemini;
+ngx_http_llm_dialect_t *ngx_http_llm_dialect(ngx_str_t *name);
+ngx_int_t ngx_http_llm_usage_event(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_usage_raw_t *raw, u_char *p, u_char *last);
+ngx_int_t ngx_http_llm_usage_read(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_usage_raw_t *raw, u_char *p, u_char *last);
+ngx_int_t ngx_http_llm_usage_body(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
+void ngx_http_llm_usage_finalize(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+u_char *ngx_http_llm_usage_source_name(ngx_uint_t source, size_t *len);
+
+/* prices: ngx_http_llm_price.c */
+char *ngx_http_llm_prices(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_llm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_llm_init_prices(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf);
+void ngx_http_llm_price_request(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
 
 /* errors: ngx_http_llm_error.c */
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,

@@ -145,6 +145,13 @@ static ngx_command_t  ngx_http_llm_provider_commands[] = {
       0,
       NULL },
 
+    { ngx_string("stream_usage"),
+      NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, stream_usage),
+      NULL },
+
 #if (NGX_HTTP_SSL)
 
     { ngx_string("ssl_verify"),
@@ -242,6 +249,7 @@ ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     p->line = cf->conf_file->line;
     p->headers = NGX_CONF_UNSET_PTR;
     p->keepalive = NGX_CONF_UNSET;
+    p->stream_usage = NGX_CONF_UNSET;
 
     p->upstream.connect_timeout = NGX_CONF_UNSET_MSEC;
     p->upstream.send_timeout = NGX_CONF_UNSET_MSEC;
@@ -597,6 +605,7 @@ ngx_http_llm_provider_init(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     }
 
     ngx_conf_init_value(p->keepalive, NGX_HTTP_LLM_KEEPALIVE_DEFAULT);
+    ngx_conf_init_value(p->stream_usage, 1);
 
     rv = ngx_http_llm_provider_url(cf, p);
     if (rv != NGX_CONF_OK) {

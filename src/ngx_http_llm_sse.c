@@ -35,7 +35,8 @@ enum {
 
 
 static ngx_int_t ngx_http_llm_sse_dispatch(ngx_http_request_t *r,
-    ngx_http_llm_sse_t *sse, ngx_http_llm_sse_handler_pt handler);
+    ngx_http_llm_sse_t *sse, u_char *end,
+    ngx_http_llm_sse_handler_pt handler);
 static void ngx_http_llm_sse_field(ngx_http_llm_sse_t *sse);
 static ngx_int_t ngx_http_llm_sse_append(ngx_http_request_t *r,
     ngx_http_llm_sse_t *sse, u_char *p, size_t n);
@@ -71,7 +72,9 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
 
             if (ch == CR || ch == LF) {
                 /* a blank line ends the event */
-                if (ngx_http_llm_sse_dispatch(r, sse, handler) != NGX_OK) {
+                if (ngx_http_llm_sse_dispatch(r, sse, p + 1, handler)
+                    != NGX_OK)
+                {
                     return NGX_ERROR;
                 }
 
@@ -343,7 +346,7 @@ ngx_http_llm_sse_line_end(ngx_http_request_t *r, ngx_http_llm_sse_t *sse)
 
 static ngx_int_t
 ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
-    ngx_http_llm_sse_handler_pt handler)
+    u_char *end, ngx_http_llm_sse_handler_pt handler)
 {
     ngx_int_t                 rc;
     ngx_http_llm_sse_event_t  ev;
@@ -356,6 +359,10 @@ ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     ev.event.data = sse->name;
     ev.event.len = sse->name_len;
     ev.truncated = sse->truncated;
+    ev.end = end;
+    ev.action = NGX_HTTP_LLM_SSE_KEEP;
+    ev.cut_start = NULL;
+    ev.cut_end = NULL;
 
     if (sse->ref) {
         ev.data.data = sse->ref;

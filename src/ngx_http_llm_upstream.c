@@ -263,9 +263,17 @@ ngx_http_llm_reinit_request(ngx_http_request_t *r)
 
     ctx->sse.state = 0;
     ctx->sse.len = 0;
+    ctx->sse.ref = NULL;
     ctx->sse.has_data = 0;
     ctx->sse.truncated = 0;
     ctx->done = 0;
+
+    ngx_memzero(&ctx->capture, sizeof(ngx_http_llm_capture_t));
+    ctx->hold_len = 0;
+    ngx_memzero(&ctx->raw, sizeof(ngx_http_llm_usage_raw_t));
+    ctx->events = 0;
+    ctx->received = 0;
+    ctx->first_byte = 0;
 
     r->upstream->process_header = ngx_http_llm_process_status_line;
     r->upstream->input_filter = ngx_http_llm_copy_filter;
@@ -590,8 +598,8 @@ ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
 
 
 /*
- * Bytes of the reply body: to the client as they are, and, for a stream,
- * through the SSE parser to the format.
+ * Bytes of the reply body: a stream goes through the stream output; the
+ * rest goes to the client as it is, and through the usage scanner.
  */
 
 static ngx_int_t
@@ -608,10 +616,20 @@ ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     u = r->upstream;
 
-    if (ctx->stream
-        && ngx_http_llm_sse_parse(r, &ctx->sse, pos, last,
-                                  ctx->provider->format->event)
-           != NGX_OK)
+    if (ctx->received == 0) {
+        ctx->first_byte = ngx_current_msec;
+    }
+
+    ctx->received += last - pos;
+
+    if (ctx->stream && u->headers_in.status_n == NGX_HTTP_OK) {
+        return ngx_http_llm_stream_output(r, ctx, pos, last, ll);
+    }
+
+    /* usage: from a successful reply */
+
+    if (u->headers_in.status_n >= 200 && u->headers_in.status_n < 300
+        && ngx_http_llm_usage_body(r, ctx, pos, last) != NGX_OK)
     {
         return NGX_ERROR;
     }

@@ -18,8 +18,21 @@ enum {
     ngx_http_llm_var_upstream_model,
     ngx_http_llm_var_stream,
     ngx_http_llm_var_error,
-    ngx_http_llm_var_upstream_status
+    ngx_http_llm_var_upstream_status,
+    ngx_http_llm_var_request_id,
+    ngx_http_llm_var_usage_source,
+    ngx_http_llm_var_ttft,
+    ngx_http_llm_var_cost,
+    ngx_http_llm_var_input,
+    ngx_http_llm_var_output,
+    ngx_http_llm_var_cache_read,
+    ngx_http_llm_var_cache_write,
+    ngx_http_llm_var_reasoning,
+    ngx_http_llm_var_total
 };
+
+
+static ngx_int_t  ngx_http_llm_request_id_index = NGX_ERROR;
 
 
 static ngx_int_t ngx_http_llm_variable(ngx_http_request_t *r,
@@ -49,6 +62,36 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
     { ngx_string("llm_upstream_status"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_upstream_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_request_id"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_request_id, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_usage_source"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_usage_source, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_ttft"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_ttft, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cost"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_cost, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_input_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_input, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_output_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_output, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cache_read_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_cache_read, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_cache_write_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_cache_write, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_reasoning_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_reasoning, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_total_tokens"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_total, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -56,7 +99,16 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 ngx_int_t
 ngx_http_llm_add_variables(ngx_conf_t *cf)
 {
+    ngx_str_t             name;
     ngx_http_variable_t  *var, *v;
+
+    ngx_str_set(&name, "request_id");
+
+    ngx_http_llm_request_id_index = ngx_http_get_variable_index(cf, &name);
+
+    if (ngx_http_llm_request_id_index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
 
     for (v = ngx_http_llm_vars; v->name.len; v++) {
         var = ngx_http_add_variable(cf, &v->name, v->flags);
@@ -76,10 +128,11 @@ static ngx_int_t
 ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    u_char              *p;
-    ngx_str_t            s;
-    ngx_uint_t           status;
-    ngx_http_llm_ctx_t  *ctx;
+    u_char                     *p;
+    uint64_t                    n;
+    ngx_str_t                   s;
+    ngx_http_llm_ctx_t         *ctx;
+    ngx_http_variable_value_t  *id;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
@@ -90,55 +143,122 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
     ngx_str_null(&s);
 
+    if (data >= ngx_http_llm_var_cost) {
+        ngx_http_llm_price_request(r, ctx);
+    }
+
     switch (data) {
 
     case ngx_http_llm_var_provider:
         if (ctx->provider) {
             s = ctx->provider->name;
         }
-        break;
+        goto done;
 
     case ngx_http_llm_var_route:
         if (ctx->route) {
             s = ctx->route->name;
         }
-        break;
+        goto done;
 
     case ngx_http_llm_var_model:
         s = ctx->model;
-        break;
+        goto done;
 
     case ngx_http_llm_var_upstream_model:
         s = ctx->provider ? ctx->upstream_model : s;
-        break;
+        goto done;
 
     case ngx_http_llm_var_stream:
         if (ctx->endpoint == NGX_HTTP_LLM_CHAT && ctx->model.len) {
-            ngx_str_set(&s, "0");
             s.data = (u_char *) (ctx->stream ? "1" : "0");
+            s.len = 1;
         }
-        break;
+        goto done;
 
     case ngx_http_llm_var_error:
         s = ctx->error;
-        break;
+        goto done;
 
-    default: /* ngx_http_llm_var_upstream_status */
+    case ngx_http_llm_var_request_id:
+        id = ngx_http_get_indexed_variable(r, ngx_http_llm_request_id_index);
 
+        if (id && !id->not_found) {
+            s.data = id->data;
+            s.len = id->len;
+        }
+        goto done;
+
+    case ngx_http_llm_var_usage_source:
+        ngx_http_llm_usage_finalize(r, ctx);
+        s.data = ngx_http_llm_usage_source_name(ctx->usage_source, &s.len);
+        goto done;
+
+    case ngx_http_llm_var_upstream_status:
         if (r->upstream == NULL || r->upstream->headers_in.status_n == 0) {
-            break;
+            goto done;
         }
 
-        status = r->upstream->headers_in.status_n;
+        n = r->upstream->headers_in.status_n;
+        break;
 
-        p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    case ngx_http_llm_var_ttft:
+        if (ctx->first_byte == 0) {
+            goto done;
+        }
+
+        n = ctx->first_byte - ctx->start;
+        break;
+
+    case ngx_http_llm_var_cost:
+        if (!ctx->priced) {
+            goto done;
+        }
+
+        p = ngx_pnalloc(r->pool, NGX_INT64_LEN + 14);
         if (p == NULL) {
             return NGX_ERROR;
         }
 
         s.data = p;
-        s.len = ngx_sprintf(p, "%ui", status) - p;
+        s.len = ngx_http_llm_format_usd(p, ctx->cost) - p;
+        goto done;
+
+    case ngx_http_llm_var_input:
+        n = ctx->usage.input;
+        break;
+
+    case ngx_http_llm_var_output:
+        n = ctx->usage.output;
+        break;
+
+    case ngx_http_llm_var_cache_read:
+        n = ctx->usage.cache_read;
+        break;
+
+    case ngx_http_llm_var_cache_write:
+        n = ctx->usage.cache_write;
+        break;
+
+    case ngx_http_llm_var_reasoning:
+        n = ctx->usage.reasoning;
+        break;
+
+    default: /* ngx_http_llm_var_total */
+        n = ctx->usage.input + ctx->usage.output;
     }
+
+    /* a number */
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    s.data = p;
+    s.len = ngx_sprintf(p, "%uL", n) - p;
+
+done:
 
     if (s.len == 0) {
         v->not_found = 1;

@@ -1,0 +1,265 @@
+
+/*
+ * nginx-llm-gateway: the output of a streamed reply.
+ *
+ * Every byte goes through the SSE parser, which hands each event to the
+ * provider's format (usage, [DONE]).  Usually the bytes then go to the
+ * client as they came, piece by piece.  When the format edits events (the
+ * usage the gateway asked for on the client's behalf is removed), the
+ * client gets whole events instead: the bytes of an event that is not
+ * complete yet are held until its end, then sent as they were, dropped,
+ * or sent with a part cut out.  Held and edited bytes go into a few
+ * blocks of memory that are reused once the client has them, so a long
+ * stream needs no more memory than a short one.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_BLOCK_SIZE  4096
+
+
+static ngx_int_t ngx_http_llm_stream_event(ngx_http_request_t *r,
+    ngx_http_llm_sse_event_t *ev);
+static ngx_int_t ngx_http_llm_stream_hold(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
+static ngx_buf_t *ngx_http_llm_stream_block(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, size_t size);
+static ngx_int_t ngx_http_llm_stream_emit(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_buf_t *b);
+
+
+/* the tag of the blocks: the upstream leaves bufs of other tags alone */
+static ngx_uint_t  ngx_http_llm_block_tag;
+
+
+ngx_int_t
+ngx_http_llm_stream_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *pos, u_char *last, ngx_chain_t ***ll)
+{
+    ngx_buf_t            *b;
+    ngx_chain_t          *cl;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    ctx->out = *ll;
+    ctx->raw_start = pos;
+
+    if (ngx_http_llm_sse_parse(r, &ctx->sse, pos, last,
+                               ngx_http_llm_stream_event)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ctx->strip_usage) {
+        *ll = ctx->out;
+        return ngx_http_llm_stream_hold(r, ctx, ctx->raw_start, last);
+    }
+
+    /* as it came */
+
+    cl = ngx_chain_get_free_buf(r->pool, &u->free_bufs);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    **ll = cl;
+    *ll = &cl->next;
+
+    b = cl->buf;
+
+    b->flush = 1;
+    b->memory = 1;
+    b->pos = pos;
+    b->last = last;
+    b->tag = u->output.tag;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
+{
+    u_char              *p;
+    size_t               size;
+    ngx_buf_t           *b;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx->provider->format->event(r, ev) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!ctx->strip_usage) {
+        return NGX_OK;
+    }
+
+    switch (ev->action) {
+
+    case NGX_HTTP_LLM_SSE_KEEP:
+
+        /* the event as it came: what was held, and the rest of it */
+
+        size = ctx->hold_len + (ev->end - ctx->raw_start);
+
+        b = ngx_http_llm_stream_block(r, ctx, size);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        b->last = ngx_cpymem(b->last, ctx->raw_start,
+                             ev->end - ctx->raw_start);
+        break;
+
+    case NGX_HTTP_LLM_SSE_REPLACE:
+
+        size = sizeof("event: " "\n" "data: " "\n\n") - 1 + ev->event.len
+               + ev->data.len - (ev->cut_end - ev->cut_start);
+
+        b = ngx_http_llm_stream_block(r, ctx, size);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = b->last;
+
+        if (ev->event.len) {
+            p = ngx_sprintf(p, "event: %V\n", &ev->event);
+        }
+
+        p = ngx_cpymem(p, "data: ", sizeof("data: ") - 1);
+        p = ngx_cpymem(p, ev->data.data, ev->cut_start - ev->data.data);
+        p = ngx_cpymem(p, ev->cut_end,
+                       ev->data.data + ev->data.len - ev->cut_end);
+        *p++ = LF; *p++ = LF;
+
+        b->last = p;
+        break;
+
+    default: /* NGX_HTTP_LLM_SSE_DROP */
+        b = NULL;
+    }
+
+    ctx->hold_len = 0;
+    ctx->raw_start = ev->end;
+
+    if (b == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_llm_stream_emit(r, ctx, b);
+}
+
+
+/* the bytes of an event not complete yet, kept until it ends */
+
+static ngx_int_t
+ngx_http_llm_stream_hold(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *p, u_char *last)
+{
+    u_char  *hold;
+    size_t   size;
+
+    if (p == last) {
+        return NGX_OK;
+    }
+
+    if (ctx->hold_len + (last - p) > ctx->hold_size) {
+        size = ngx_max(ctx->hold_size * 2, NGX_HTTP_LLM_BLOCK_SIZE);
+
+        while (size < ctx->hold_len + (last - p)) {
+            size *= 2;
+        }
+
+        hold = ngx_pnalloc(r->pool, size);
+        if (hold == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(hold, ctx->hold, ctx->hold_len);
+
+        if (ctx->hold) {
+            ngx_pfree(r->pool, ctx->hold);
+        }
+
+        ctx->hold = hold;
+        ctx->hold_size = size;
+    }
+
+    ngx_memcpy(ctx->hold + ctx->hold_len, p, last - p);
+    ctx->hold_len += last - p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A block of at least size bytes: one the client has had all of is
+ * reused, else a new one.
+ */
+
+static ngx_buf_t *
+ngx_http_llm_stream_block(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    size_t size)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    for (cl = ctx->blocks; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->pos == b->last && (size_t) (b->end - b->start) >= size) {
+            b->pos = b->start;
+            b->last = b->start;
+            return b;
+        }
+    }
+
+    b = ngx_create_temp_buf(r->pool, ngx_max(size, NGX_HTTP_LLM_BLOCK_SIZE));
+    if (b == NULL) {
+        return NULL;
+    }
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    cl->buf = b;
+    cl->next = ctx->blocks;
+    ctx->blocks = cl;
+
+    b->temporary = 0;
+    b->memory = 1;
+    b->flush = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_llm_block_tag;
+
+    return b;
+}
+
+
+static ngx_int_t
+ngx_http_llm_stream_emit(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_buf_t *b)
+{
+    ngx_chain_t  *cl;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    *ctx->out = cl;
+    ctx->out = &cl->next;
+
+    return NGX_OK;
+}
