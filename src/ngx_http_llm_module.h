@@ -401,6 +401,8 @@ ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
 /* stream output: ngx_http_llm_stream.c */
 ngx_int_t ngx_http_llm_stream_output(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *pos, u_char *last, ngx_chain_t ***ll);
+ngx_int_t ngx_http_llm_stream_end(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_chain_t ***ll);
 
 /* SSE: ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_parse(ngx_http_request_t *r,

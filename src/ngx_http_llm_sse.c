@@ -23,7 +23,8 @@ enum {
     sw_space,
     sw_value,
     sw_skip,
-    sw_cr
+    sw_cr,
+    sw_blank_cr
 };
 
 
@@ -51,12 +52,27 @@ ngx_int_t
 ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     u_char *p, u_char *last, ngx_http_llm_sse_handler_pt handler)
 {
-    u_char  ch, *start;
+    u_char  ch, *start, *end;
 
     while (p < last) {
         ch = *p;
 
         switch (sse->state) {
+
+        case sw_blank_cr:
+            end = (ch == LF) ? p + 1 : p;
+
+            if (ngx_http_llm_sse_dispatch(r, sse, end, handler) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            sse->state = sw_line_start;
+
+            if (ch == LF) {
+                p++;
+            }
+
+            break;
 
         case sw_cr:
             sse->state = sw_line_start;
@@ -70,11 +86,19 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
 
         case sw_line_start:
 
+            if (ch == CR && p + 1 == last) {
+                /* the event ends with this CR, or with the LF to come */
+                sse->state = sw_blank_cr;
+                p++;
+                break;
+            }
+
             if (ch == CR || ch == LF) {
-                /* a blank line ends the event */
-                if (ngx_http_llm_sse_dispatch(r, sse, p + 1, handler)
-                    != NGX_OK)
-                {
+                /* a blank line ends the event, its CRLF with it */
+
+                end = (ch == CR && p[1] == LF) ? p + 2 : p + 1;
+
+                if (ngx_http_llm_sse_dispatch(r, sse, end, handler) != NGX_OK) {
                     return NGX_ERROR;
                 }
 

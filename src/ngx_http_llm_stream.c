@@ -81,6 +81,41 @@ ngx_http_llm_stream_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 }
 
 
+/*
+ * The reply is complete: bytes still held (an event without its final
+ * blank line) go to the client as they are.
+ */
+
+ngx_int_t
+ngx_http_llm_stream_end(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_chain_t ***ll)
+{
+    ngx_buf_t  *b;
+
+    if (!ctx->strip_usage || ctx->hold_len == 0) {
+        return NGX_OK;
+    }
+
+    b = ngx_http_llm_stream_block(r, ctx, ctx->hold_len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+    ctx->hold_len = 0;
+
+    ctx->out = *ll;
+
+    if (ngx_http_llm_stream_emit(r, ctx, b) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *ll = ctx->out;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 {

@@ -517,7 +517,15 @@ ngx_http_llm_copy_filter(void *data, ssize_t bytes)
         ll = &cl->next;
     }
 
-    return ngx_http_llm_output(r, ctx, pos, last, &ll);
+    if (ngx_http_llm_output(r, ctx, pos, last, &ll) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (u->length == 0 && ctx->stream) {
+        return ngx_http_llm_stream_end(r, ctx, &ll);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -573,6 +581,10 @@ ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
 
             u->keepalive = !u->headers_in.connection_close;
             u->length = 0;
+
+            if (ctx->stream && ngx_http_llm_stream_end(r, ctx, &ll) != NGX_OK) {
+                return NGX_ERROR;
+            }
 
             if (buf->pos != buf->last) {
                 ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
