@@ -257,7 +257,7 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (llcf->route == NULL && !llcf->mock) {
+    if (llcf->route == NULL && !llcf->mock && !llcf->status) {
         return ngx_http_next_header_filter(r);
     }
 

@@ -143,6 +143,67 @@ typedef struct {
 } ngx_http_llm_route_t;
 
 
+/* statistics in the shared zone */
+
+#define NGX_HTTP_LLM_HIST          64
+
+enum {
+    ngx_http_llm_err_client = 0,
+    ngx_http_llm_err_rate_limited,
+    ngx_http_llm_err_provider,
+    ngx_http_llm_err_unavailable,
+    ngx_http_llm_err_aborted,
+    ngx_http_llm_err_n
+};
+
+
+typedef struct {
+    uint64_t                     requests;
+    uint64_t                     errors[ngx_http_llm_err_n];
+    uint64_t                     incomplete;    /* streams cut short */
+    uint64_t                     usage[3];      /* by source */
+    uint64_t                     input;
+    uint64_t                     cache_read;
+    uint64_t                     cache_write;
+    uint64_t                     output;
+    uint64_t                     reasoning;
+    uint64_t                     cost;          /* 1e-12 USD */
+    uint64_t                     unpriced;
+    uint64_t                     latency[NGX_HTTP_LLM_HIST];
+    uint64_t                     ttft[NGX_HTTP_LLM_HIST];
+} ngx_http_llm_stats_t;
+
+
+#define NGX_HTTP_LLM_NODE_PROVIDER  0
+#define NGX_HTTP_LLM_NODE_MODEL     1
+
+typedef struct {
+    u_char                       color;
+    u_char                       kind;
+    u_short                      len;
+    ngx_queue_t                  queue;
+    ngx_http_llm_stats_t         stats;
+    u_char                       name[1];
+} ngx_http_llm_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                 rbtree;
+    ngx_rbtree_node_t            sentinel;
+    ngx_queue_t                  queue;         /* least recently used last */
+    ngx_http_llm_stats_t         total;
+    time_t                       started;
+    uint64_t                     evicted;
+} ngx_http_llm_shctx_t;
+
+
+typedef struct {
+    ngx_http_llm_shctx_t        *sh;
+    ngx_slab_pool_t             *shpool;
+    ngx_str_t                    name;
+} ngx_http_llm_zone_t;
+
+
 /* prices per token, in 1e-12 USD, so that every cost is an exact integer */
 
 typedef struct {
@@ -177,6 +238,8 @@ typedef struct {
     ngx_uint_t                   route_line;
 
     ngx_flag_t                   pass_request_headers;
+
+    ngx_uint_t                   status;
 
     ngx_uint_t                   mock;
     ngx_uint_t                   mock_chunks;
@@ -432,6 +495,14 @@ char *ngx_http_llm_init_prices(ngx_conf_t *cf,
 void ngx_http_llm_price_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
+
+/* shared statistics: ngx_http_llm_zone.c */
+char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
+ngx_msec_t ngx_http_llm_hist_bound(ngx_uint_t i);
+
+/* status page: ngx_http_llm_status.c */
+char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* errors: ngx_http_llm_error.c */
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
