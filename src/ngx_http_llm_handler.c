@@ -14,6 +14,10 @@
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_prepare(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_body_model(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_uri_model(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_request_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_models(ngx_http_request_t *r,
@@ -31,6 +35,9 @@ static ngx_http_llm_endpoint_t  ngx_http_llm_endpoints[] = {
     { ngx_string("/chat/completions"), NGX_HTTP_LLM_CHAT },
     { ngx_string("/embeddings"), NGX_HTTP_LLM_EMBEDDINGS },
     { ngx_string("/models"), NGX_HTTP_LLM_MODELS },
+    { ngx_string("/messages"), NGX_HTTP_LLM_MESSAGES },
+    { ngx_string(":generateContent"), NGX_HTTP_LLM_GENERATE },
+    { ngx_string(":streamGenerateContent"), NGX_HTTP_LLM_STREAM },
     { ngx_null_string, 0 }
 };
 
@@ -186,6 +193,54 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "The request body is not valid JSON");
     }
 
+    if (ctx->endpoint == NGX_HTTP_LLM_GENERATE
+        || ctx->endpoint == NGX_HTTP_LLM_STREAM)
+    {
+        rc = ngx_http_llm_uri_model(r, ctx);
+
+    } else {
+        rc = ngx_http_llm_body_model(r, ctx);
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ctx->provider = ngx_http_llm_pick_provider(r, ctx->route, &ctx->model,
+                                               ctx->endpoint, &map);
+
+    if (ctx->provider == NULL) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
+                                       "model_not_found", "model",
+                                       "The model \"%V\" is not served by "
+                                       "this gateway", &ctx->model);
+    }
+
+    ctx->upstream_model = map ? map->name : ctx->model;
+
+    /* the body is edited only if the provider's name differs */
+
+    if (map
+        && (map->name.len != ctx->model.len
+            || ngx_strncmp(map->name.data, ctx->model.data, ctx->model.len)
+               != 0))
+    {
+        ctx->model_map = map;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the model and the rest of an OpenAI or Anthropic request body */
+
+static ngx_int_t
+ngx_http_llm_body_model(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_request_t  *req;
+
+    req = &ctx->req;
+
     if (req->model.type != NGX_HTTP_LLM_JSON_STRING
         || req->model.end - req->model.start == 2)
     {
@@ -201,7 +256,8 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ctx->endpoint == NGX_HTTP_LLM_CHAT
+    if ((ctx->endpoint == NGX_HTTP_LLM_CHAT
+         || ctx->endpoint == NGX_HTTP_LLM_MESSAGES)
         && (req->messages.type != NGX_HTTP_LLM_JSON_ARRAY
             || req->messages.elements == 0))
     {
@@ -225,41 +281,80 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     case NGX_HTTP_LLM_JSON_NONE:
     case NGX_HTTP_LLM_JSON_NULL:
     case NGX_HTTP_LLM_JSON_FALSE:
-        break;
+        return NGX_OK;
 
     case NGX_HTTP_LLM_JSON_TRUE:
-        ctx->stream = 1;
-        break;
+        ctx->stream = (ctx->endpoint != NGX_HTTP_LLM_EMBEDDINGS);
+        return NGX_OK;
 
     default:
         return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "invalid_type", "stream",
                                        "\"stream\" must be a boolean");
     }
+}
 
-    ctx->provider = ngx_http_llm_pick_provider(r, ctx->route, &ctx->model,
-                                               &map);
 
-    if (ctx->provider == NULL) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
-                                       "model_not_found", "model",
-                                       "The model \"%V\" is not served by "
-                                       "this gateway", &ctx->model);
+/* the model of a Gemini request: .../models/MODEL:method */
+
+static ngx_int_t
+ngx_http_llm_uri_model(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char  *p, *colon;
+
+    colon = r->uri.data + r->uri.len - 1;
+
+    while (*colon != ':') {
+        colon--;
     }
 
-    ctx->upstream_model = map ? map->name : ctx->model;
-
-    /* the body is edited only if the provider's name differs */
-
-    if (map
-        && (map->name.len != ctx->model.len
-            || ngx_strncmp(map->name.data, ctx->model.data, ctx->model.len)
-               != 0))
-    {
-        ctx->model_map = map;
+    for (p = colon; p > r->uri.data && p[-1] != '/'; p--) {
+        /* void */
     }
+
+    if (p == colon) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "missing_model", NULL,
+                                       "The URL names no model");
+    }
+
+    ctx->model.data = p;
+    ctx->model.len = colon - p;
+    ctx->stream = (ctx->endpoint == NGX_HTTP_LLM_STREAM);
 
     return NGX_OK;
+}
+
+
+ngx_table_elt_t *
+ngx_http_llm_client_header(ngx_http_request_t *r, u_char *lowcase_key,
+    size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncmp(h[i].lowcase_key, lowcase_key, len) == 0)
+        {
+            return &h[i];
+        }
+    }
 }
 
 

@@ -18,9 +18,14 @@
 #include <cjson/cJSON.h>
 
 
-#define NGX_HTTP_LLM_CHAT          1
+#define NGX_HTTP_LLM_CHAT          1    /* OpenAI chat completions */
 #define NGX_HTTP_LLM_EMBEDDINGS    2
 #define NGX_HTTP_LLM_MODELS        3
+#define NGX_HTTP_LLM_MESSAGES      4    /* Anthropic messages */
+#define NGX_HTTP_LLM_GENERATE      5    /* Gemini generateContent */
+#define NGX_HTTP_LLM_STREAM        6    /* Gemini streamGenerateContent */
+
+#define ngx_http_llm_endpoint_bit(e)  (1 << (e))
 
 
 #define NGX_HTTP_LLM_USAGE_NONE       0
@@ -292,6 +297,7 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                   depth;
+    ngx_uint_t                   key_depth;     /* 1, or 2 in an array */
     u_char                       key[16];
     size_t                       key_len;
     u_char                      *buf;           /* the object captured */
@@ -356,16 +362,21 @@ typedef struct {
 
 struct ngx_http_llm_format_s {
     ngx_str_t                    name;
+    ngx_uint_t                   endpoints;     /* bits of those served */
 
     /* configuration time: the authentication header lines for the key */
     ngx_int_t                  (*auth)(ngx_conf_t *cf,
                                        ngx_http_llm_provider_t *p,
                                        ngx_str_t *out);
 
-    /* request time: the path and the body of the provider request */
+    /*
+     * request time: the path, header lines of the request's own (beside
+     * the provider's fixed ones) and the body of the provider request
+     */
     ngx_int_t                  (*create_request)(ngx_http_request_t *r,
                                        ngx_http_llm_ctx_t *ctx,
-                                       ngx_str_t *path, ngx_chain_t **body);
+                                       ngx_str_t *path, ngx_str_t *headers,
+                                       ngx_chain_t **body);
 
     /* a complete SSE event of a streamed reply */
     ngx_int_t                  (*event)(ngx_http_request_t *r,
@@ -413,6 +424,7 @@ struct ngx_http_llm_ctx_s {
     ngx_msec_t                   first_byte;    /* of the reply, or 0 */
 
     unsigned                     stream:1;
+    unsigned                     sse_reply:1;
     unsigned                     strip_usage:1;
     unsigned                     done:1;
     unsigned                     finalized:1;
@@ -433,8 +445,10 @@ char *ngx_http_llm_init_routes(ngx_conf_t *cf,
 ngx_http_llm_route_t *ngx_http_llm_find_route(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
 ngx_http_llm_provider_t *ngx_http_llm_pick_provider(ngx_http_request_t *r,
-    ngx_http_llm_route_t *route, ngx_str_t *model,
+    ngx_http_llm_route_t *route, ngx_str_t *model, ngx_uint_t endpoint,
     ngx_http_llm_model_t **map);
+ngx_uint_t ngx_http_llm_provider_has_header(ngx_http_llm_provider_t *p,
+    u_char *lowcase_key, size_t len);
 ngx_http_llm_model_t *ngx_http_llm_provider_model(ngx_http_llm_provider_t *p,
     ngx_str_t *alias);
 
@@ -443,6 +457,8 @@ ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_request_body(ngx_http_request_t *r, ngx_str_t *body);
 cJSON *ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_str_t *body);
 ngx_uint_t ngx_http_llm_endpoint(ngx_str_t *uri);
+ngx_table_elt_t *ngx_http_llm_client_header(ngx_http_request_t *r,
+    u_char *lowcase_key, size_t len);
 
 /* the upstream callbacks: ngx_http_llm_upstream.c */
 void ngx_http_llm_upstream_start(ngx_http_request_t *r,
@@ -450,7 +466,13 @@ void ngx_http_llm_upstream_start(ngx_http_request_t *r,
 
 /* formats */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
+extern ngx_http_llm_format_t  ngx_http_llm_format_anthropic;
+extern ngx_http_llm_format_t  ngx_http_llm_format_gemini;
 ngx_http_llm_format_t *ngx_http_llm_format(ngx_str_t *name);
+ngx_int_t ngx_http_llm_format_path(ngx_http_request_t *r,
+    ngx_http_llm_provider_t *p, ngx_str_t *path, ...);
+ngx_int_t ngx_http_llm_format_usage_event(ngx_http_request_t *r,
+    ngx_http_llm_sse_event_t *ev);
 ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
 ngx_int_t ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
     ngx_http_llm_edit_t *edit, ngx_uint_t n, ngx_chain_t **out);

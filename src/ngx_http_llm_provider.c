@@ -1348,13 +1348,13 @@ ngx_http_llm_provider_model(ngx_http_llm_provider_t *p, ngx_str_t *alias)
 
 /*
  * Smooth weighted round robin, per worker, among the providers of the
- * route that serve the model (a provider that declares no models serves
- * any).  Returns NULL if none does.
+ * route that speak the endpoint's format and serve the model (a provider
+ * that declares no models serves any).  Returns NULL if none does.
  */
 
 ngx_http_llm_provider_t *
 ngx_http_llm_pick_provider(ngx_http_request_t *r, ngx_http_llm_route_t *route,
-    ngx_str_t *model, ngx_http_llm_model_t **map)
+    ngx_str_t *model, ngx_uint_t endpoint, ngx_http_llm_model_t **map)
 {
     ngx_int_t                   total;
     ngx_uint_t                  i;
@@ -1368,6 +1368,12 @@ ngx_http_llm_pick_provider(ngx_http_request_t *r, ngx_http_llm_route_t *route,
     peer = route->peers.elts;
 
     for (i = 0; i < route->peers.nelts; i++) {
+
+        if (!(peer[i].provider->format->endpoints
+              & ngx_http_llm_endpoint_bit(endpoint)))
+        {
+            continue;
+        }
 
         m = ngx_http_llm_provider_model(peer[i].provider, model);
 
@@ -1408,4 +1414,31 @@ ngx_http_llm_safe_header_value(ngx_str_t *s)
     }
 
     return NGX_OK;
+}
+
+
+/* a header set by the provider's "header" lines */
+
+ngx_uint_t
+ngx_http_llm_provider_has_header(ngx_http_llm_provider_t *p,
+    u_char *lowcase_key, size_t len)
+{
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    if (p->headers == NGX_CONF_UNSET_PTR) {
+        return 0;
+    }
+
+    kv = p->headers->elts;
+
+    for (i = 0; i < p->headers->nelts; i++) {
+        if (kv[i].key.len == len
+            && ngx_strncasecmp(kv[i].key.data, lowcase_key, len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }

@@ -22,10 +22,12 @@ static ngx_int_t ngx_http_llm_copy_filter(void *data, ssize_t bytes);
 static ngx_int_t ngx_http_llm_chunked_filter(void *data, ssize_t bytes);
 static ngx_int_t ngx_http_llm_output(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *pos, u_char *last, ngx_chain_t ***ll);
+static void ngx_http_llm_reply_type(ngx_http_request_t *r);
 static void ngx_http_llm_abort_request(ngx_http_request_t *r);
 static void ngx_http_llm_finalize_request(ngx_http_request_t *r,
     ngx_int_t rc);
-static ngx_uint_t ngx_http_llm_forward_header(ngx_table_elt_t *h);
+static ngx_uint_t ngx_http_llm_forward_header(ngx_http_llm_provider_t *p,
+    ngx_table_elt_t *h);
 
 
 /* client headers that never reach a provider */
@@ -110,7 +112,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
     size_t                    len;
     off_t                     body_len;
     ngx_buf_t                *b;
-    ngx_str_t                 path;
+    ngx_str_t                 path, headers;
     ngx_uint_t                i;
     ngx_chain_t              *cl, *body;
     ngx_list_part_t          *part;
@@ -123,7 +125,9 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
     p = ctx->provider;
 
-    if (p->format->create_request(r, ctx, &path, &body) != NGX_OK) {
+    ngx_str_null(&headers);
+
+    if (p->format->create_request(r, ctx, &path, &headers, &body) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -134,7 +138,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
     }
 
     len = sizeof("POST  HTTP/1.1" CRLF) - 1 + path.len
-          + p->fixed_headers.len
+          + p->fixed_headers.len + headers.len
           + sizeof("Content-Type: application/json" CRLF) - 1
           + sizeof("Content-Length: " CRLF) - 1 + NGX_OFF_T_LEN
           + sizeof(CRLF) - 1;
@@ -155,7 +159,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
                 i = 0;
             }
 
-            if (ngx_http_llm_forward_header(&h[i])) {
+            if (ngx_http_llm_forward_header(p, &h[i])) {
                 len += h[i].key.len + sizeof(": " CRLF) - 1 + h[i].value.len;
             }
         }
@@ -169,6 +173,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
     b->last = ngx_sprintf(b->last, "POST %V HTTP/1.1" CRLF, &path);
     b->last = ngx_cpymem(b->last, p->fixed_headers.data,
                          p->fixed_headers.len);
+    b->last = ngx_cpymem(b->last, headers.data, headers.len);
     b->last = ngx_sprintf(b->last,
                           "Content-Type: application/json" CRLF
                           "Content-Length: %O" CRLF, body_len);
@@ -189,7 +194,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
                 i = 0;
             }
 
-            if (ngx_http_llm_forward_header(&h[i])) {
+            if (ngx_http_llm_forward_header(p, &h[i])) {
                 b->last = ngx_sprintf(b->last, "%V: %V" CRLF,
                                       &h[i].key, &h[i].value);
             }
@@ -226,8 +231,13 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
 }
 
 
+/*
+ * A client header goes to the provider unless it is one of those above,
+ * or one that the provider's "header" lines set.
+ */
+
 static ngx_uint_t
-ngx_http_llm_forward_header(ngx_table_elt_t *h)
+ngx_http_llm_forward_header(ngx_http_llm_provider_t *p, ngx_table_elt_t *h)
 {
     ngx_str_t  *s;
 
@@ -243,7 +253,7 @@ ngx_http_llm_forward_header(ngx_table_elt_t *h)
         }
     }
 
-    return 1;
+    return !ngx_http_llm_provider_has_header(p, h->lowcase_key, h->key.len);
 }
 
 
@@ -399,6 +409,8 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
 
         if (rc == NGX_HTTP_PARSE_HEADER_DONE) {
 
+            ngx_http_llm_reply_type(r);
+
             if (u->headers_in.chunked) {
                 u->headers_in.content_length_n = -1;
             }
@@ -521,7 +533,7 @@ ngx_http_llm_copy_filter(void *data, ssize_t bytes)
         return NGX_ERROR;
     }
 
-    if (u->length == 0 && ctx->stream) {
+    if (u->length == 0 && ctx->sse_reply) {
         return ngx_http_llm_stream_end(r, ctx, &ll);
     }
 
@@ -582,7 +594,9 @@ ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
             u->keepalive = !u->headers_in.connection_close;
             u->length = 0;
 
-            if (ctx->stream && ngx_http_llm_stream_end(r, ctx, &ll) != NGX_OK) {
+            if (ctx->sse_reply
+                && ngx_http_llm_stream_end(r, ctx, &ll) != NGX_OK)
+            {
                 return NGX_ERROR;
             }
 
@@ -634,7 +648,7 @@ ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ctx->received += last - pos;
 
-    if (ctx->stream && u->headers_in.status_n == NGX_HTTP_OK) {
+    if (ctx->sse_reply && u->headers_in.status_n == NGX_HTTP_OK) {
         return ngx_http_llm_stream_output(r, ctx, pos, last, ll);
     }
 
@@ -663,6 +677,29 @@ ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     b->tag = u->output.tag;
 
     return NGX_OK;
+}
+
+
+/*
+ * A stream comes as server-sent events, except a Gemini stream asked for
+ * without alt=sse: a JSON array, read like a non-streamed reply.
+ */
+
+static void
+ngx_http_llm_reply_type(ngx_http_request_t *r)
+{
+    ngx_table_elt_t     *ct;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    ct = r->upstream->headers_in.content_type;
+
+    ctx->sse_reply = ctx->stream
+                     && (ctx->endpoint != NGX_HTTP_LLM_STREAM
+                         || (ct && ct->value.len >= 17
+                             && ngx_strncasecmp(ct->value.data,
+                                                (u_char *) "text/event-stream",
+                                                17) == 0));
 }
 
 

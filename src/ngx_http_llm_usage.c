@@ -393,8 +393,10 @@ ngx_http_llm_event_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
 /*
  * A non-streamed reply body, in pieces: the bytes go through a small
  * state machine that follows the JSON structure (strings, escapes,
- * nesting) and captures the value of the top-level usage member, which
- * is read when it is complete.  Memory: one small buffer.
+ * nesting) and captures the value of the top-level usage member (of the
+ * top-level object, or of each object of a top-level array: a Gemini
+ * stream without SSE), which is read when it is complete.  Memory: one
+ * small buffer.
  */
 
 ngx_int_t
@@ -465,7 +467,7 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         c->in_string = 1;
         c->value = 0;
 
-        if (c->depth == 1 && c->want_key) {
+        if (c->depth == c->key_depth && c->want_key) {
             c->in_key = 1;
             c->want_key = 0;
             c->key_len = 0;
@@ -476,7 +478,7 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     case '{':
     case '[':
 
-        if (c->depth == 1 && c->value && ch == '{') {
+        if (c->depth == c->key_depth && c->value && ch == '{') {
             c->capturing = 1;
             c->overflow = 0;
             c->len = 0;
@@ -487,9 +489,15 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
 
         c->value = 0;
+
+        if (c->depth == 0) {
+            /* the members of an object, or of the objects of an array */
+            c->key_depth = (ch == '[') ? 2 : 1;
+        }
+
         c->depth++;
 
-        if (c->depth == 1) {
+        if (c->depth == c->key_depth) {
             c->want_key = (ch == '{');
         }
 
@@ -502,7 +510,7 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             c->depth--;
         }
 
-        if (c->capturing && c->depth == 1) {
+        if (c->capturing && c->depth == c->key_depth) {
             c->capturing = 0;
 
             if (c->overflow) {
@@ -518,7 +526,7 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         break;
 
     case ':':
-        if (c->depth == 1) {
+        if (c->depth == c->key_depth) {
             c->value = c->match;
             c->match = 0;
         }
@@ -526,7 +534,7 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         break;
 
     case ',':
-        if (c->depth == 1) {
+        if (c->depth == c->key_depth) {
             c->want_key = 1;
             c->value = 0;
         }
@@ -656,10 +664,10 @@ ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     u->input = (ctx->body.len + 3) / 4;
 
-    if (ctx->stream) {
+    if (ctx->sse_reply) {
         u->output = (ctx->events > 2) ? ctx->events - 2 : 0;
 
-    } else if (ctx->endpoint == NGX_HTTP_LLM_CHAT) {
+    } else if (ctx->endpoint != NGX_HTTP_LLM_EMBEDDINGS) {
         u->output = (ctx->received + 3) / 4;
     }
 

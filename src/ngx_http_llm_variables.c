@@ -170,7 +170,10 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto done;
 
     case ngx_http_llm_var_stream:
-        if (ctx->endpoint == NGX_HTTP_LLM_CHAT && ctx->model.len) {
+        if (ctx->model.len
+            && ctx->endpoint != NGX_HTTP_LLM_EMBEDDINGS
+            && ctx->endpoint != NGX_HTTP_LLM_MODELS)
+        {
             s.data = (u_char *) (ctx->stream ? "1" : "0");
             s.len = 1;
         }

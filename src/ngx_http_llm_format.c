@@ -1,0 +1,227 @@
+
+/*
+ * nginx-llm-gateway: what the provider formats share: the registry of
+ * formats, the path of a provider request, the body as the client's bytes
+ * with edits, and the usage of an SSE event.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+static ngx_int_t ngx_http_llm_chain_add(ngx_pool_t *pool, ngx_chain_t ***ll,
+    ngx_str_t *s);
+
+
+static ngx_http_llm_format_t  *ngx_http_llm_formats[] = {
+    &ngx_http_llm_format_openai,
+    &ngx_http_llm_format_anthropic,
+    &ngx_http_llm_format_gemini,
+    NULL
+};
+
+
+ngx_http_llm_format_t *
+ngx_http_llm_format(ngx_str_t *name)
+{
+    ngx_http_llm_format_t  **f;
+
+    for (f = ngx_http_llm_formats; *f; f++) {
+        if ((*f)->name.len == name->len
+            && ngx_strncmp((*f)->name.data, name->data, name->len) == 0)
+        {
+            return *f;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the provider's base path and the pieces given (NULL-terminated) */
+
+ngx_int_t
+ngx_http_llm_format_path(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
+    ngx_str_t *path, ...)
+{
+    u_char     *d;
+    size_t      len;
+    va_list     args;
+    ngx_str_t  *s;
+
+    len = p->base.len;
+
+    va_start(args, path);
+
+    while ((s = va_arg(args, ngx_str_t *)) != NULL) {
+        len += s->len;
+    }
+
+    va_end(args);
+
+    d = ngx_pnalloc(r->pool, len);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    path->data = d;
+    path->len = len;
+
+    d = ngx_cpymem(d, p->base.data, p->base.len);
+
+    va_start(args, path);
+
+    while ((s = va_arg(args, ngx_str_t *)) != NULL) {
+        d = ngx_cpymem(d, s->data, s->len);
+    }
+
+    va_end(args);
+
+    return NGX_OK;
+}
+
+
+/*
+ * An SSE event of a format that reports usage in every event (or some of
+ * them) and needs no edits: the usage is read, the event passes.
+ */
+
+ngx_int_t
+ngx_http_llm_format_usage_event(ngx_http_request_t *r,
+    ngx_http_llm_sse_event_t *ev)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    ctx->events++;
+
+    if (ev->truncated) {
+        return NGX_OK;
+    }
+
+    (void) ngx_http_llm_usage_event(ctx->provider->format->dialect,
+                                    &ctx->raw, ev->data.data,
+                                    ev->data.data + ev->data.len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The body as a chain over the client's bytes and the edits, which are
+ * in order and do not overlap.
+ */
+
+ngx_int_t
+ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
+    ngx_http_llm_edit_t *edit, ngx_uint_t n, ngx_chain_t **out)
+{
+    u_char               *p;
+    ngx_str_t             piece;
+    ngx_uint_t            i;
+    ngx_chain_t         **ll;
+    ngx_http_llm_edit_t   t;
+
+    if (n == 2 && edit[1].start < edit[0].start) {
+        t = edit[0];
+        edit[0] = edit[1];
+        edit[1] = t;
+    }
+
+    ll = out;
+    p = body->data;
+
+    for (i = 0; i <= n; i++) {
+        piece.data = p;
+        piece.len = ((i < n) ? edit[i].start : body->data + body->len) - p;
+
+        if (ngx_http_llm_chain_add(pool, &ll, &piece) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (i < n) {
+            if (ngx_http_llm_chain_add(pool, &ll, &edit[i].text) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            p = edit[i].end;
+        }
+    }
+
+    *ll = NULL;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_chain_add(ngx_pool_t *pool, ngx_chain_t ***ll, ngx_str_t *s)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (s->len == 0) {
+        return NGX_OK;
+    }
+
+    b = ngx_calloc_buf(pool);
+    cl = ngx_alloc_chain_link(pool);
+
+    if (b == NULL || cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->start = s->data;
+    b->pos = s->data;
+    b->last = s->data + s->len;
+    b->end = b->last;
+    b->memory = 1;
+
+    cl->buf = b;
+    **ll = cl;
+    *ll = &cl->next;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Serializes a JSON document into one buffer of the pool.
+ */
+
+ngx_chain_t *
+ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json)
+{
+    char         *s;
+    size_t        len;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    s = cJSON_PrintUnformatted(json);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    len = ngx_strlen(s);
+
+    b = ngx_create_temp_buf(pool, len ? len : 1);
+    if (b == NULL) {
+        cJSON_free(s);
+        return NULL;
+    }
+
+    b->last = ngx_cpymem(b->pos, s, len);
+
+    cJSON_free(s);
+
+    cl = ngx_alloc_chain_link(pool);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    return cl;
+}
