@@ -202,7 +202,8 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         rc = ngx_http_llm_body_model(r, ctx);
     }
 
-    if (rc != NGX_OK) {
+    if (rc != NGX_OK || ctx->error.len) {
+        /* an error, or an error response already sent */
         return rc;
     }
 
