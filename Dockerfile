@@ -45,6 +45,7 @@ RUN set -eu; \
       sed -e 's/listen\( *\)127\.0\.0\.1:8080;/listen\18080;/' \
           /etc/nginx/conf-examples/quickstart.conf; } >/etc/nginx/nginx.conf; \
     grep -Eq '^ *listen +8080;' /etc/nginx/nginx.conf; \
+    cp /etc/nginx/conf-examples/llm-prices.json /etc/nginx/llm-prices.json; \
     mkdir -p /usr/share/nginx/logs /usr/share/nginx/tmp; \
     ln -sf /dev/stdout /usr/share/nginx/logs/access.log; \
     ln -sf /dev/stdout /usr/share/nginx/logs/mock.log; \

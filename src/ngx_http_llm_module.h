@@ -411,6 +411,7 @@ struct ngx_http_llm_ctx_s {
     uint64_t                     cost;          /* 1e-12 USD */
     ngx_uint_t                   events;        /* SSE events received */
     off_t                        received;      /* body bytes received */
+    off_t                        length;        /* of the reply, or -1 */
 
     /* a stream whose events are edited: the bytes of the current event */
     u_char                      *raw_start;

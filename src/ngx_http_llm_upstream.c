@@ -352,6 +352,7 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
 {
     ngx_int_t                       rc;
     ngx_table_elt_t                *h;
+    ngx_http_llm_ctx_t             *ctx;
     ngx_http_upstream_t            *u;
     ngx_http_upstream_header_t     *hh;
     ngx_http_upstream_main_conf_t  *umcf;
@@ -415,6 +416,20 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
                 u->headers_in.content_length_n = -1;
             }
 
+            /*
+             * The length of the reply is the provider's; the client gets
+             * another one when the events of a stream are edited.
+             */
+
+            ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+            ctx->length = u->headers_in.content_length_n;
+
+            if (ctx->sse_reply && ctx->strip_usage
+                && u->headers_in.status_n == NGX_HTTP_OK)
+            {
+                u->headers_in.content_length_n = -1;
+            }
+
             if (u->headers_in.status_n == NGX_HTTP_NO_CONTENT
                 || u->headers_in.status_n == NGX_HTTP_NOT_MODIFIED
                 || (!u->headers_in.chunked
@@ -468,13 +483,13 @@ ngx_http_llm_input_filter_init(void *data)
         u->input_filter = ngx_http_llm_chunked_filter;
         u->length = 1;
 
-    } else if (u->headers_in.content_length_n == 0) {
+    } else if (ctx->length == 0) {
         u->length = 0;
         u->keepalive = !u->headers_in.connection_close;
 
     } else {
         /* the length, or -1: until the provider closes */
-        u->length = u->headers_in.content_length_n;
+        u->length = ctx->length;
     }
 
     return NGX_OK;

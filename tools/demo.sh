@@ -84,6 +84,7 @@ mkdir -p "$PREFIX/logs" "$PREFIX/tmp"
     echo
     cat "$ROOT/conf-examples/quickstart.conf"
 } >"$PREFIX/nginx.conf"
+cp "$ROOT/conf-examples/llm-prices.json" "$PREFIX/llm-prices.json"
 
 # the workers may run as another user (nobody) when started as root
 chmod 755 "$PREFIX" "$PREFIX/tmp"
@@ -146,8 +147,16 @@ show curl -sS -N "$GATEWAY/v1/chat/completions" \
 
 # the log line is written when the request is finalized
 sleep 0.3
-echo "--- $PREFIX/logs/access.log"
+echo "--- $PREFIX/logs/access.log: the cost log, a JSON line per request"
 cat "$PREFIX/logs/access.log"
+echo
+echo "--- the statistics of all workers: $GATEWAY/llm/status (totals)"
+if command -v python3 >/dev/null 2>&1; then
+    curl -sS "$GATEWAY/llm/status" | python3 -c \
+        'import json, sys; print(json.dumps(json.load(sys.stdin)["total"], indent=1))'
+else
+    curl -sS "$GATEWAY/llm/status"
+fi
 echo
 echo "The demo keeps running: point any OpenAI client at $GATEWAY/v1"
 echo "(models: gpt-4o-mini, gpt-4o; try: curl $GATEWAY/v1/models)."
