@@ -96,7 +96,12 @@ ngx_http_llm_format_usage_event(ngx_http_request_t *r,
 
     ctx->events++;
 
-    if (ev->truncated) {
+    if (ev->truncated
+        || memmem(ev->data.data, ev->data.len,
+                  ctx->provider->format->dialect->container.data,
+                  ctx->provider->format->dialect->container.len)
+           == NULL)
+    {
         return NGX_OK;
     }
 

@@ -27,6 +27,9 @@
 
 #define ngx_http_llm_endpoint_bit(e)  (1 << (e))
 
+#define ngx_http_llm_memstr(p, len, s)                                           \
+    memmem(p, len, s, sizeof(s) - 1)
+
 
 #define NGX_HTTP_LLM_USAGE_NONE       0
 #define NGX_HTTP_LLM_USAGE_PROVIDER   1
@@ -414,7 +417,8 @@ struct ngx_http_llm_ctx_s {
     off_t                        length;        /* of the reply, or -1 */
 
     /* a stream whose events are edited: the bytes of the current event */
-    u_char                      *raw_start;
+    u_char                      *raw_start;     /* of the next event */
+    u_char                      *run_start;     /* of the events kept */
     u_char                      *hold;
     size_t                       hold_len;
     size_t                       hold_size;

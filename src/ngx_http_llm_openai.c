@@ -236,7 +236,11 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
     ctx->events++;
 
-    if (ev->truncated || ev->data.len == 0 || ev->data.data[0] != '{') {
+    /* most chunks have no usage member: they pass without a scan */
+
+    if (ev->truncated || ev->data.len == 0 || ev->data.data[0] != '{'
+        || ngx_http_llm_memstr(ev->data.data, ev->data.len, "\"usage\"") == NULL)
+    {
         return NGX_OK;
     }
 

@@ -6,11 +6,12 @@
  * provider's format (usage, [DONE]).  Usually the bytes then go to the
  * client as they came, piece by piece.  When the format edits events (the
  * usage the gateway asked for on the client's behalf is removed), the
- * client gets whole events instead: the bytes of an event that is not
- * complete yet are held until its end, then sent as they were, dropped,
- * or sent with a part cut out.  Held and edited bytes go into a few
- * blocks of memory that are reused once the client has them, so a long
- * stream needs no more memory than a short one.
+ * client gets whole events instead: events complete in the input go from
+ * where they are, without a copy, but for those dropped or cut; the bytes
+ * of an event that is not complete yet are held until its end.  Held and
+ * edited bytes go into a few blocks of memory that are reused once the
+ * client has them, so a long stream needs no more memory than a short
+ * one.
  */
 
 
@@ -20,6 +21,8 @@
 #define NGX_HTTP_LLM_BLOCK_SIZE  4096
 
 
+static ngx_int_t ngx_http_llm_stream_run(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *p);
 static ngx_int_t ngx_http_llm_stream_event(ngx_http_request_t *r,
     ngx_http_llm_sse_event_t *ev);
 static ngx_int_t ngx_http_llm_stream_hold(ngx_http_request_t *r,
@@ -38,14 +41,9 @@ ngx_int_t
 ngx_http_llm_stream_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     u_char *pos, u_char *last, ngx_chain_t ***ll)
 {
-    ngx_buf_t            *b;
-    ngx_chain_t          *cl;
-    ngx_http_upstream_t  *u;
-
-    u = r->upstream;
-
     ctx->out = *ll;
     ctx->raw_start = pos;
+    ctx->run_start = pos;
 
     if (ngx_http_llm_sse_parse(r, &ctx->sse, pos, last,
                                ngx_http_llm_stream_event)
@@ -54,28 +52,59 @@ ngx_http_llm_stream_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    if (ctx->strip_usage) {
-        *ll = ctx->out;
-        return ngx_http_llm_stream_hold(r, ctx, ctx->raw_start, last);
+    if (!ctx->strip_usage) {
+        /* as it came */
+        ctx->raw_start = last;
     }
 
-    /* as it came */
+    /* the events kept whole in this input, and the start of the next */
+
+    if (ngx_http_llm_stream_run(r, ctx, ctx->raw_start) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *ll = ctx->out;
+
+    return ngx_http_llm_stream_hold(r, ctx, ctx->raw_start, last);
+}
+
+
+/*
+ * The input bytes from the start of the run to p: events that go as they
+ * came, sent from where they are, without a copy.
+ */
+
+static ngx_int_t
+ngx_http_llm_stream_run(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *p)
+{
+    ngx_buf_t            *b;
+    ngx_chain_t          *cl;
+    ngx_http_upstream_t  *u;
+
+    if (p == ctx->run_start) {
+        return NGX_OK;
+    }
+
+    u = r->upstream;
 
     cl = ngx_chain_get_free_buf(r->pool, &u->free_bufs);
     if (cl == NULL) {
         return NGX_ERROR;
     }
 
-    **ll = cl;
-    *ll = &cl->next;
-
     b = cl->buf;
 
     b->flush = 1;
     b->memory = 1;
-    b->pos = pos;
-    b->last = last;
+    b->pos = ctx->run_start;
+    b->last = p;
     b->tag = u->output.tag;
+
+    *ctx->out = cl;
+    ctx->out = &cl->next;
+
+    ctx->run_start = p;
 
     return NGX_OK;
 }
@@ -134,6 +163,16 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
         return NGX_OK;
     }
 
+    if (ev->action == NGX_HTTP_LLM_SSE_KEEP && ctx->hold_len == 0) {
+        /* the run of events sent from the input goes on */
+        ctx->raw_start = ev->end;
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_stream_run(r, ctx, ctx->raw_start) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     switch (ev->action) {
 
     case NGX_HTTP_LLM_SSE_KEEP:
@@ -183,6 +222,7 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
     ctx->hold_len = 0;
     ctx->raw_start = ev->end;
+    ctx->run_start = ev->end;
 
     if (b == NULL) {
         return NGX_OK;

@@ -9,6 +9,7 @@
 
 
 #include "ngx_http_llm_module.h"
+#include <openssl/sha.h>
 
 
 enum {
@@ -20,6 +21,7 @@ enum {
     ngx_http_llm_var_error,
     ngx_http_llm_var_upstream_status,
     ngx_http_llm_var_request_id,
+    ngx_http_llm_var_key_id,
     ngx_http_llm_var_usage_source,
     ngx_http_llm_var_ttft,
     ngx_http_llm_var_cost,
@@ -37,6 +39,7 @@ static ngx_int_t  ngx_http_llm_request_id_index = NGX_ERROR;
 
 static ngx_int_t ngx_http_llm_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_llm_key_id(ngx_http_request_t *r, ngx_str_t *s);
 
 
 static ngx_http_variable_t  ngx_http_llm_vars[] = {
@@ -64,6 +67,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_request_id"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_request_id, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_key_id"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_key_id, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_usage_source"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_usage_source, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -192,6 +198,12 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         }
         goto done;
 
+    case ngx_http_llm_var_key_id:
+        if (ngx_http_llm_key_id(r, &s) != NGX_OK) {
+            return NGX_ERROR;
+        }
+        goto done;
+
     case ngx_http_llm_var_usage_source:
         ngx_http_llm_usage_finalize(r, ctx);
         s.data = ngx_http_llm_usage_source_name(ctx->usage_source, &s.len);
@@ -273,6 +285,62 @@ done:
     v->no_cacheable = 1;
     v->not_found = 0;
     v->data = s.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The client's key as 16 hex digits of its SHA-256: per-key reports from
+ * the log, with no key in it.  The key is the Bearer token of
+ * Authorization, else X-Api-Key, else X-Goog-Api-Key.
+ */
+
+static ngx_int_t
+ngx_http_llm_key_id(ngx_http_request_t *r, ngx_str_t *s)
+{
+    u_char            *p, md[SHA256_DIGEST_LENGTH];
+    ngx_str_t          key;
+    ngx_table_elt_t   *h;
+
+    ngx_str_null(&key);
+
+    h = r->headers_in.authorization;
+
+    if (h && h->value.len > 7
+        && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0)
+    {
+        key.data = h->value.data + 7;
+        key.len = h->value.len - 7;
+
+    } else {
+        h = ngx_http_llm_client_header(r, (u_char *) "x-api-key",
+                                       sizeof("x-api-key") - 1);
+        if (h == NULL) {
+            h = ngx_http_llm_client_header(r, (u_char *) "x-goog-api-key",
+                                           sizeof("x-goog-api-key") - 1);
+        }
+
+        if (h) {
+            key = h->value;
+        }
+    }
+
+    if (key.len == 0) {
+        return NGX_OK;
+    }
+
+    SHA256(key.data, key.len, md);
+
+    p = ngx_pnalloc(r->pool, 16);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(p, md, 8);
+
+    s->data = p;
+    s->len = 16;
 
     return NGX_OK;
 }
