@@ -6,7 +6,8 @@
 # One nginx (worker_processes 1: on this 2-core machine nginx gets one core
 # and wrk the other) serves three things on 127.0.0.1:
 #   - the upstream: `return 200` with a fixed chat.completion JSON (~0.5 KB)
-#     on /v1/chat/completions, and a fixed 10-event SSE stream (~2.5 KB,
+#     on /v1/chat/completions, and a fixed 10-event SSE stream, sent
+#     chunked as providers send streams (~2.5 KB,
 #     role chunk, 7 content chunks, finish chunk, usage chunk, [DONE]) on
 #     /sse/v1/chat/completions; the cheapest possible provider, so that the
 #     numbers show the cost of the front server;
@@ -133,6 +134,11 @@ http {
         location = /sse/v1/chat/completions {
             default_type text/event-stream;
             return 200 "$SSE_BODY";
+
+            # as providers send streams: chunked, without Content-Length
+            # (a no-op substitution makes nginx drop the length)
+            sub_filter_types text/event-stream;
+            sub_filter '[DONE]' '[DONE]';
         }
     }
 
