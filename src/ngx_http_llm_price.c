@@ -93,6 +93,7 @@ static ngx_int_t
 ngx_http_llm_prices_load(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
 {
     char                        *err;
+    const char                  *end;
     u_char                      *buf;
     double                       d;
     ssize_t                      n;
@@ -133,7 +134,24 @@ ngx_http_llm_prices_load(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
         return NGX_ERROR;
     }
 
-    root = cJSON_ParseWithLength((char *) buf, n);
+    root = cJSON_ParseWithLengthOpts((char *) buf, n, &end, 0);
+
+    /* one object and nothing after it but white space */
+
+    while (root && end < (char *) buf + n
+           && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+    {
+        end++;
+    }
+
+    if (root && end != (char *) buf + n) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the prices file \"%V\" has more than one JSON "
+                           "value (near byte %uz)", &lmcf->prices_file,
+                           (size_t) (end - (char *) buf));
+        cJSON_Delete(root);
+        return NGX_ERROR;
+    }
 
     if (root == NULL || !cJSON_IsObject(root)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

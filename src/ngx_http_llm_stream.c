@@ -193,15 +193,38 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
     case NGX_HTTP_LLM_SSE_REPLACE:
 
-        size = sizeof("event: " "\n" "data: " "\n\n") - 1 + ev->event.len
-               + ev->data.len - (ev->cut_end - ev->cut_start);
+        /*
+         * The event as it came, less the cut: the data line is found in
+         * the event's bytes, which stay as they are around the cut.
+         */
 
-        b = ngx_http_llm_stream_block(r, ctx, size);
+        size = ctx->hold_len + (ev->end - ctx->raw_start);
+
+        b = ngx_http_llm_stream_block(r, ctx,
+                                      ngx_max(size, ev->data.len + 64
+                                                    + ev->event.len));
         if (b == NULL) {
             return NGX_ERROR;
         }
 
-        p = b->last;
+        b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        b->last = ngx_cpymem(b->last, ctx->raw_start,
+                             ev->end - ctx->raw_start);
+
+        p = memmem(b->pos, size, ev->data.data, ev->data.len);
+
+        if (p) {
+            p += ev->cut_start - ev->data.data;
+            size = ev->cut_end - ev->cut_start;
+
+            ngx_memmove(p, p + size, b->last - (p + size));
+            b->last -= size;
+            break;
+        }
+
+        /* data of several lines: the event is written anew */
+
+        p = b->pos;
 
         if (ev->event.len) {
             p = ngx_sprintf(p, "event: %V\n", &ev->event);
