@@ -12,8 +12,6 @@
 #define NGX_HTTP_LLM_ANTHROPIC_VERSION  "2023-06-01"
 
 
-static ngx_int_t ngx_http_llm_anthropic_auth(ngx_conf_t *cf,
-    ngx_http_llm_provider_t *p, ngx_str_t *out);
 static ngx_int_t ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
@@ -22,29 +20,11 @@ static ngx_int_t ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
 ngx_http_llm_format_t  ngx_http_llm_format_anthropic = {
     ngx_string("anthropic"),
     ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_MESSAGES),
-    ngx_http_llm_anthropic_auth,
+    ngx_string("x-api-key: "),
     ngx_http_llm_anthropic_create_request,
     ngx_http_llm_format_usage_event,
     &ngx_http_llm_dialect_anthropic
 };
-
-
-static ngx_int_t
-ngx_http_llm_anthropic_auth(ngx_conf_t *cf, ngx_http_llm_provider_t *p,
-    ngx_str_t *out)
-{
-    u_char  *d;
-
-    d = ngx_pnalloc(cf->pool, sizeof("x-api-key: " CRLF) - 1 + p->key.len);
-    if (d == NULL) {
-        return NGX_ERROR;
-    }
-
-    out->data = d;
-    out->len = ngx_sprintf(d, "x-api-key: %V" CRLF, &p->key) - d;
-
-    return NGX_OK;
-}
 
 
 static ngx_int_t

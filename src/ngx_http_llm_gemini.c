@@ -10,8 +10,6 @@
 #include "ngx_http_llm_module.h"
 
 
-static ngx_int_t ngx_http_llm_gemini_auth(ngx_conf_t *cf,
-    ngx_http_llm_provider_t *p, ngx_str_t *out);
 static ngx_int_t ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
@@ -21,30 +19,11 @@ ngx_http_llm_format_t  ngx_http_llm_format_gemini = {
     ngx_string("gemini"),
     ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_GENERATE)
     |ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_STREAM),
-    ngx_http_llm_gemini_auth,
+    ngx_string("x-goog-api-key: "),
     ngx_http_llm_gemini_create_request,
     ngx_http_llm_format_usage_event,
     &ngx_http_llm_dialect_gemini
 };
-
-
-static ngx_int_t
-ngx_http_llm_gemini_auth(ngx_conf_t *cf, ngx_http_llm_provider_t *p,
-    ngx_str_t *out)
-{
-    u_char  *d;
-
-    d = ngx_pnalloc(cf->pool, sizeof("x-goog-api-key: " CRLF) - 1
-                              + p->key.len);
-    if (d == NULL) {
-        return NGX_ERROR;
-    }
-
-    out->data = d;
-    out->len = ngx_sprintf(d, "x-goog-api-key: %V" CRLF, &p->key) - d;
-
-    return NGX_OK;
-}
 
 
 static ngx_int_t

@@ -367,10 +367,8 @@ struct ngx_http_llm_format_s {
     ngx_str_t                    name;
     ngx_uint_t                   endpoints;     /* bits of those served */
 
-    /* configuration time: the authentication header lines for the key */
-    ngx_int_t                  (*auth)(ngx_conf_t *cf,
-                                       ngx_http_llm_provider_t *p,
-                                       ngx_str_t *out);
+    /* the header that carries the key: "NAME: " ... the key */
+    ngx_str_t                    auth;
 
     /*
      * request time: the path, header lines of the request's own (beside

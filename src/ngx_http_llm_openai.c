@@ -8,8 +8,6 @@
 #include "ngx_http_llm_module.h"
 
 
-static ngx_int_t ngx_http_llm_openai_auth(ngx_conf_t *cf,
-    ngx_http_llm_provider_t *p, ngx_str_t *out);
 static ngx_int_t ngx_http_llm_openai_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
@@ -34,30 +32,11 @@ ngx_http_llm_format_t  ngx_http_llm_format_openai = {
     ngx_string("openai"),
     ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_CHAT)
     |ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_EMBEDDINGS),
-    ngx_http_llm_openai_auth,
+    ngx_string("Authorization: Bearer "),
     ngx_http_llm_openai_create_request,
     ngx_http_llm_openai_event,
     &ngx_http_llm_dialect_openai
 };
-
-
-static ngx_int_t
-ngx_http_llm_openai_auth(ngx_conf_t *cf, ngx_http_llm_provider_t *p,
-    ngx_str_t *out)
-{
-    u_char  *d;
-
-    d = ngx_pnalloc(cf->pool, sizeof("Authorization: Bearer " CRLF) - 1
-                              + p->key.len);
-    if (d == NULL) {
-        return NGX_ERROR;
-    }
-
-    out->data = d;
-    out->len = ngx_sprintf(d, "Authorization: Bearer %V" CRLF, &p->key) - d;
-
-    return NGX_OK;
-}
 
 
 /*

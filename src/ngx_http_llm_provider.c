@@ -712,17 +712,14 @@ ngx_http_llm_provider_headers(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
 {
     u_char        *d;
     size_t         len;
-    ngx_str_t      auth;
     ngx_uint_t     i;
     ngx_keyval_t  *kv;
 
-    ngx_str_null(&auth);
+    len = sizeof("Host: " CRLF) - 1 + p->host.len;
 
-    if (p->key.len && p->format->auth(cf, p, &auth) != NGX_OK) {
-        return NGX_ERROR;
+    if (p->key.len) {
+        len += p->format->auth.len + p->key.len + sizeof(CRLF) - 1;
     }
-
-    len = sizeof("Host: " CRLF) - 1 + p->host.len + auth.len;
 
     if (p->headers != NGX_CONF_UNSET_PTR) {
         kv = p->headers->elts;
@@ -749,7 +746,10 @@ ngx_http_llm_provider_headers(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     p->fixed_headers.data = d;
 
     d = ngx_sprintf(d, "Host: %V" CRLF, &p->host);
-    d = ngx_cpymem(d, auth.data, auth.len);
+
+    if (p->key.len) {
+        d = ngx_sprintf(d, "%V%V" CRLF, &p->format->auth, &p->key);
+    }
 
     if (p->headers != NGX_CONF_UNSET_PTR) {
         kv = p->headers->elts;
