@@ -386,7 +386,7 @@ ngx_http_llm_json_ws(u_char *p, u_char *last)
 
 /*
  * The text of a string value, unescaped into the pool when it has
- * escapes (\uXXXX, surrogate pairs included, become UTF-8).
+ * escapes (\u escapes, surrogate pairs included, become UTF-8).
  */
 
 ngx_int_t

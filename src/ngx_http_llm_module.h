@@ -430,8 +430,9 @@ struct ngx_http_llm_ctx_s {
     unsigned                     sse_reply:1;
     unsigned                     strip_usage:1;
     unsigned                     done:1;
-    unsigned                     finalized:1;
-    unsigned                     priced:1;
+    unsigned                     finalized:1;   /* the usage is final */
+    unsigned                     cost_final:1;
+    unsigned                     priced:1;      /* the model has a price */
 };
 
 

@@ -456,9 +456,17 @@ ngx_http_llm_price_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_price_t      *price;
     ngx_http_llm_main_conf_t  *lmcf;
 
+    if (ctx->cost_final) {
+        return;
+    }
+
     ngx_http_llm_usage_finalize(r, ctx);
 
-    if (ctx->priced || ctx->provider == NULL) {
+    ctx->cost_final = ctx->finalized;
+    ctx->priced = 0;
+    ctx->cost = 0;
+
+    if (ctx->provider == NULL) {
         return;
     }
 

@@ -610,16 +610,22 @@ ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ctx->finalized = 1;
+    /*
+     * Once the provider request is over the result is final; before (a
+     * variable used in a header, say) it is the usage so far.
+     */
+
+    ctx->finalized = (r->upstream == NULL || r->upstream->cleanup == NULL);
 
     u = &ctx->usage;
+    ngx_memzero(u, sizeof(ngx_http_llm_usage_t));
 
     if (ctx->provider == NULL || r->upstream == NULL) {
         ctx->usage_source = NGX_HTTP_LLM_USAGE_NONE;
         return;
     }
 
-    if (ctx->raw.invalid) {
+    if (ctx->raw.invalid && ctx->finalized) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "llm provider \"%V\" sent %ui usage object(s) with "
                       "counters that are not non-negative integers; "
