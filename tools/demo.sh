@@ -153,7 +153,7 @@ echo
 echo "--- the statistics of all workers: $GATEWAY/llm/status (totals)"
 if command -v python3 >/dev/null 2>&1; then
     curl -sS "$GATEWAY/llm/status" | python3 -c \
-        'import json, sys; print(json.dumps(json.load(sys.stdin)["total"], indent=1))'
+        'import json, sys; t = json.load(sys.stdin, parse_float=str)["total"]; print(json.dumps(t, indent=1))'
 else
     curl -sS "$GATEWAY/llm/status"
 fi
