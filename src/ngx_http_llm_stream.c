@@ -19,10 +19,13 @@
 
 
 #define NGX_HTTP_LLM_BLOCK_SIZE  4096
+#define NGX_HTTP_LLM_HOLD_MAX    (1024 * 1024)
 
 
 static ngx_int_t ngx_http_llm_stream_run(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p);
+static ngx_int_t ngx_http_llm_stream_end_hold(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_stream_event(ngx_http_request_t *r,
     ngx_http_llm_sse_event_t *ev);
 static ngx_int_t ngx_http_llm_stream_hold(ngx_http_request_t *r,
@@ -63,9 +66,13 @@ ngx_http_llm_stream_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_ERROR;
     }
 
+    if (ngx_http_llm_stream_hold(r, ctx, ctx->raw_start, last) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     *ll = ctx->out;
 
-    return ngx_http_llm_stream_hold(r, ctx, ctx->raw_start, last);
+    return NGX_OK;
 }
 
 
@@ -119,9 +126,24 @@ ngx_int_t
 ngx_http_llm_stream_end(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_chain_t ***ll)
 {
+    ctx->out = *ll;
+
+    if (ngx_http_llm_stream_end_hold(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *ll = ctx->out;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_stream_end_hold(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
     ngx_buf_t  *b;
 
-    if (!ctx->strip_usage || ctx->hold_len == 0) {
+    if (ctx->hold_len == 0) {
         return NGX_OK;
     }
 
@@ -133,15 +155,7 @@ ngx_http_llm_stream_end(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
     ctx->hold_len = 0;
 
-    ctx->out = *ll;
-
-    if (ngx_http_llm_stream_emit(r, ctx, b) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    *ll = ctx->out;
-
-    return NGX_OK;
+    return ngx_http_llm_stream_emit(r, ctx, b);
 }
 
 
@@ -266,6 +280,28 @@ ngx_http_llm_stream_hold(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     if (p == last) {
         return NGX_OK;
+    }
+
+    if (ctx->hold_len + (last - p) > NGX_HTTP_LLM_HOLD_MAX) {
+
+        /*
+         * An event that does not end: the events are not edited any more,
+         * and what was held goes to the client with the rest as it comes.
+         */
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "llm provider \"%V\" sent an event of more than %uz "
+                      "bytes: the stream is passed on unedited",
+                      &ctx->provider->name, (size_t) NGX_HTTP_LLM_HOLD_MAX);
+
+        ctx->strip_usage = 0;
+        ctx->run_start = p;
+
+        if (ngx_http_llm_stream_end_hold(r, ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        return ngx_http_llm_stream_run(r, ctx, last);
     }
 
     if (ctx->hold_len + (last - p) > ctx->hold_size) {

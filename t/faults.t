@@ -36,6 +36,10 @@ my %script = (
                           [ sleep => 0.2 ], [ 'close' ] ],
     'idle-after-one' => [ [ send => $SSE_HEAD . chunk($EVENTS[0]) ], [ wait_eof => 8 ] ],
     'drip'           => [ [ send => $SSE_HEAD . chunk($EVENTS[0]) ], [ drip => chunk($EVENTS[1]), 0.1, 80 ] ],
+    # an event that never ends (1.5 MB without a blank line), then a real one
+    'endless-event'  => [ [ send => $SSE_HEAD . chunk($EVENTS[0]) . chunk('data: {"x":"' . ('y' x 1_500_000)) ],
+                          [ send => chunk(qq("}\n\n) . $EVENTS[1] . "data: [DONE]\n\n") . "0\r\n\r\n" ],
+                          [ 'close' ] ],
 );
 
 my $raw = $t->fake_provider(port => $t->port('RAW'), handler => sub {
@@ -243,6 +247,22 @@ for my $case ([ 'idle-after-one', 'provider idle after the first event' ],
 {
     my $r = chat('slow', 'm');
     is($r->{status}, 200, 'gateway still serves requests after the fault tests');
+}
+
+# an event that does not end: the gateway stops editing the stream (it would
+# have to hold the event) and passes every byte on, without a limit of memory
+{
+    my $s = LLMTest::HTTP::Stream->open(port => $gw, path => '/raw/v1/chat/completions',
+        body => { model => 'endless-event', messages => $msgs, stream => $TRUE }, timeout => 15);
+    is($s->{status}, 200, 'endless event: 200 header');
+    $s->read_all(10);
+    ok($s->finished, 'endless event: the stream ends');
+    my $body = $s->body;
+    my $want = $EVENTS[0] . 'data: {"x":"' . ('y' x 1_500_000) . qq("}\n\n) . $EVENTS[1] . "data: [DONE]\n\n";
+    ok(length($body) == length($want) && $body eq $want, 'endless event: every byte passed on unedited');
+    $s->close;
+    like($t->error_log, qr/sent an event of more than \d+ bytes: the stream is passed on unedited/,
+         'endless event: a warning is logged');
 }
 
 $t->finish;
