@@ -153,7 +153,6 @@ static ngx_int_t
 ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                rc;
-    ngx_http_llm_model_t    *map;
     ngx_http_llm_request_t  *req;
 
     if (ngx_http_llm_request_body(r, &ctx->body) != NGX_OK) {
@@ -207,26 +206,11 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return rc;
     }
 
-    ctx->provider = ngx_http_llm_pick_provider(r, ctx->route, &ctx->model,
-                                               ctx->endpoint, &map);
-
-    if (ctx->provider == NULL) {
+    if (ngx_http_llm_plan_attempts(r, ctx) != NGX_OK) {
         return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
                                        "model_not_found", "model",
                                        "The model \"%V\" is not served by "
                                        "this gateway", &ctx->model);
-    }
-
-    ctx->upstream_model = map ? map->name : ctx->model;
-
-    /* the body is edited only if the provider's name differs */
-
-    if (map
-        && (map->name.len != ctx->model.len
-            || ngx_strncmp(map->name.data, ctx->model.data, ctx->model.len)
-               != 0))
-    {
-        ctx->model_map = map;
     }
 
     return NGX_OK;

@@ -178,7 +178,9 @@ ngx_http_llm_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_llm_main_conf_t *lmcf = conf;
 
-    if (ngx_http_llm_init_routes(cf, lmcf) != NGX_CONF_OK) {
+    if (ngx_http_llm_init_peers(cf, lmcf) != NGX_OK
+        || ngx_http_llm_init_routes(cf, lmcf) != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

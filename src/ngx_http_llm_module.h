@@ -127,17 +127,24 @@ struct ngx_http_llm_provider_s {
 #endif
 
     ngx_http_upstream_conf_t     upstream;
+    ngx_http_upstream_srv_conf_t  *peers;       /* the provider's own */
 
     u_char                      *file;
     ngx_uint_t                   line;
 };
 
 
+#define NGX_HTTP_LLM_MAX_ATTEMPTS  8
+
+
 typedef struct {
     ngx_str_t                    name;
     ngx_http_llm_provider_t     *provider;
+    ngx_http_upstream_conf_t    *conf;      /* the provider's, this route's
+                                               retry policy */
     ngx_int_t                    weight;
     ngx_int_t                    current;
+    ngx_uint_t                   fallback;
     u_char                      *file;
     ngx_uint_t                   line;
 } ngx_http_llm_route_peer_t;
@@ -148,7 +155,22 @@ typedef struct {
     ngx_array_t                  peers;     /* ngx_http_llm_route_peer_t */
     ngx_uint_t                   declares_models;
     ngx_uint_t                   implicit;
+
+    ngx_uint_t                   next_upstream;   /* retry triggers */
+    ngx_uint_t                   tries;           /* 0: every provider */
+    ngx_msec_t                   timeout;         /* of all attempts */
 } ngx_http_llm_route_t;
+
+
+/* an attempt of a request: a provider of the route, its model name */
+
+typedef struct {
+    ngx_http_llm_route_peer_t   *peer;
+    ngx_http_llm_model_t        *map;
+    ngx_uint_t                   status;    /* the reply's, or 0 */
+    unsigned                     timeout:1;
+    unsigned                     done:1;
+} ngx_http_llm_attempt_t;
 
 
 /* statistics in the shared zone */
@@ -246,6 +268,7 @@ typedef struct {
     ngx_uint_t                   route_line;
 
     ngx_flag_t                   pass_request_headers;
+    ngx_flag_t                   attempts_header;
 
     ngx_uint_t                   status;
 
@@ -392,6 +415,11 @@ struct ngx_http_llm_ctx_s {
     ngx_http_llm_provider_t     *provider;
     ngx_http_llm_model_t        *model_map;
 
+    ngx_http_llm_attempt_t       attempt[NGX_HTTP_LLM_MAX_ATTEMPTS];
+    ngx_uint_t                   nattempts;     /* planned */
+    ngx_uint_t                   current;       /* the one under way */
+    void                        *peer;          /* ngx_http_llm_peer_t */
+
     ngx_uint_t                   endpoint;
 
     ngx_str_t                    body;          /* the client's JSON */
@@ -439,7 +467,7 @@ struct ngx_http_llm_ctx_s {
 extern ngx_module_t  ngx_http_llm_module;
 
 
-/* providers and routes: ngx_http_llm_provider.c */
+/* providers: ngx_http_llm_provider.c; routes: ngx_http_llm_route.c */
 char *ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -448,13 +476,23 @@ char *ngx_http_llm_init_routes(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf);
 ngx_http_llm_route_t *ngx_http_llm_find_route(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
-ngx_http_llm_provider_t *ngx_http_llm_pick_provider(ngx_http_request_t *r,
-    ngx_http_llm_route_t *route, ngx_str_t *model, ngx_uint_t endpoint,
-    ngx_http_llm_model_t **map);
+ngx_int_t ngx_http_llm_init_peers(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf);
+ngx_int_t ngx_http_llm_route_peer_conf(ngx_conf_t *cf,
+    ngx_http_llm_route_t *route, ngx_http_llm_route_peer_t *peer);
+ngx_int_t ngx_http_llm_plan_attempts(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_use_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+u_char *ngx_http_llm_attempts_text(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, size_t *len);
 ngx_uint_t ngx_http_llm_provider_has_header(ngx_http_llm_provider_t *p,
     u_char *lowcase_key, size_t len);
 ngx_http_llm_model_t *ngx_http_llm_provider_model(ngx_http_llm_provider_t *p,
     ngx_str_t *alias);
+ngx_http_llm_provider_t *ngx_http_llm_find_provider(
+    ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
+char *ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds, void *conf,
+    char *block);
 
 /* the content handler: ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
@@ -467,6 +505,7 @@ ngx_table_elt_t *ngx_http_llm_client_header(ngx_http_request_t *r,
 /* the upstream callbacks: ngx_http_llm_upstream.c */
 void ngx_http_llm_upstream_start(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_create_request(ngx_http_request_t *r);
 
 /* formats */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;

@@ -1,8 +1,7 @@
 
 /*
- * nginx-llm-gateway: the llm_provider and llm_route blocks, the upstream
- * configuration of each provider, and the choice of a provider for a
- * request.
+ * nginx-llm-gateway: the llm_provider block and the upstream configuration
+ * of each provider.
  */
 
 
@@ -14,10 +13,6 @@
 
 static char *ngx_http_llm_provider_directive(ngx_conf_t *cf,
     ngx_command_t *dummy, void *conf);
-static char *ngx_http_llm_route_directive(ngx_conf_t *cf,
-    ngx_command_t *dummy, void *conf);
-static char *ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds,
-    void *conf, char *block);
 static char *ngx_http_llm_provider_format(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_provider_key(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -26,8 +21,6 @@ static char *ngx_http_llm_provider_model_cmd(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_llm_provider_keepalive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static char *ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static char *ngx_http_llm_provider_init(ngx_conf_t *cf,
     ngx_http_llm_provider_t *p);
 static char *ngx_http_llm_provider_url(ngx_conf_t *cf,
@@ -45,8 +38,6 @@ static ngx_int_t ngx_http_llm_init_upstream(ngx_conf_t *cf,
 static ngx_int_t ngx_http_llm_keepalive_enable(ngx_conf_t *cf,
     ngx_http_upstream_srv_conf_t *us, ngx_int_t n);
 static ngx_int_t ngx_http_llm_safe_header_value(ngx_str_t *s);
-static ngx_http_llm_provider_t *ngx_http_llm_find_provider(
-    ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
 
 
 extern ngx_module_t  ngx_http_upstream_keepalive_module;
@@ -181,19 +172,6 @@ static ngx_command_t  ngx_http_llm_provider_commands[] = {
 };
 
 
-static ngx_command_t  ngx_http_llm_route_commands[] = {
-
-    { ngx_string("provider"),
-      NGX_CONF_TAKE12,
-      ngx_http_llm_route_provider,
-      0,
-      0,
-      NULL },
-
-      ngx_null_command
-};
-
-
 static ngx_str_t  ngx_http_llm_hide_headers[] = {
     ngx_string("Date"),
     ngx_string("Server"),
@@ -293,16 +271,7 @@ ngx_http_llm_provider_directive(ngx_conf_t *cf, ngx_command_t *dummy,
 }
 
 
-static char *
-ngx_http_llm_route_directive(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf)
-{
-    return ngx_http_llm_dispatch(cf, ngx_http_llm_route_commands, conf,
-                                 "llm_route");
-}
-
-
-static char *
+char *
 ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds, void *conf,
     char *block)
 {
@@ -664,15 +633,7 @@ ngx_http_llm_provider_url(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     u.uri_part = 1;
     u.no_resolve = 1;
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        if (u.err) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in url \"%V\" of llm_provider \"%V\"",
-                               u.err, &p->url, &p->name);
-        }
-
-        return NGX_CONF_ERROR;
-    }
+    /* the url is parsed by ngx_http_upstream_add(), as for proxy_pass */
 
     p->upstream.upstream = ngx_http_upstream_add(cf, &u, 0);
     if (p->upstream.upstream == NULL) {
@@ -1074,235 +1035,7 @@ ngx_http_llm_keepalive_enable(ngx_conf_t *cf,
 }
 
 
-char *
-ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_llm_main_conf_t *lmcf = conf;
-
-    char                   *rv;
-    ngx_str_t              *value;
-    ngx_conf_t              save;
-    ngx_uint_t              i;
-    ngx_http_llm_route_t   *route, **rp;
-
-    value = cf->args->elts;
-
-    rp = lmcf->routes.elts;
-
-    for (i = 0; i < lmcf->routes.nelts; i++) {
-        if (rp[i]->name.len == value[1].len
-            && ngx_strncmp(rp[i]->name.data, value[1].data, value[1].len)
-               == 0)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "duplicate llm route \"%V\"", &value[1]);
-            return NGX_CONF_ERROR;
-        }
-    }
-
-    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
-    if (route == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    route->name = value[1];
-
-    if (ngx_array_init(&route->peers, cf->pool, 4,
-                       sizeof(ngx_http_llm_route_peer_t))
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    rp = ngx_array_push(&lmcf->routes);
-    if (rp == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    *rp = route;
-
-    save = *cf;
-    cf->handler = ngx_http_llm_route_directive;
-    cf->handler_conf = (char *) route;
-
-    rv = ngx_conf_parse(cf, NULL);
-
-    *cf = save;
-
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    if (route->peers.nelts == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no providers in llm_route \"%V\"", &route->name);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_llm_route_t *route = conf;
-
-    ngx_str_t                  *value;
-    ngx_uint_t                  i;
-    ngx_http_llm_route_peer_t  *peer;
-
-    value = cf->args->elts;
-
-    peer = route->peers.elts;
-
-    for (i = 0; i < route->peers.nelts; i++) {
-        if (peer[i].name.len == value[1].len
-            && ngx_strncmp(peer[i].name.data, value[1].data, value[1].len)
-               == 0)
-        {
-            return "is duplicate";
-        }
-    }
-
-    peer = ngx_array_push(&route->peers);
-    if (peer == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
-
-    peer->name = value[1];
-    peer->weight = 1;
-    peer->file = cf->conf_file->file.name.data;
-    peer->line = cf->conf_file->line;
-
-    if (cf->args->nelts == 2) {
-        return NGX_CONF_OK;
-    }
-
-    if (value[2].len <= 7
-        || ngx_strncmp(value[2].data, "weight=", 7) != 0)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[2]);
-        return NGX_CONF_ERROR;
-    }
-
-    peer->weight = ngx_atoi(value[2].data + 7, value[2].len - 7);
-
-    if (peer->weight == NGX_ERROR || peer->weight == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid weight \"%V\": a positive number",
-                           &value[2]);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-char *
-ngx_http_llm_init_routes(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
-{
-    ngx_uint_t                  i, j;
-    ngx_http_llm_route_t      **rp;
-    ngx_http_llm_route_peer_t  *peer;
-
-    rp = lmcf->routes.elts;
-
-    for (i = 0; i < lmcf->routes.nelts; i++) {
-
-        peer = rp[i]->peers.elts;
-
-        for (j = 0; j < rp[i]->peers.nelts; j++) {
-
-            peer[j].provider = ngx_http_llm_find_provider(lmcf,
-                                                          &peer[j].name);
-
-            if (peer[j].provider == NULL) {
-                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                              "unknown llm provider \"%V\" in llm_route "
-                              "\"%V\" in %s:%ui", &peer[j].name,
-                              &rp[i]->name, peer[j].file, peer[j].line);
-                return NGX_CONF_ERROR;
-            }
-
-            if (peer[j].provider->models) {
-                rp[i]->declares_models = 1;
-            }
-        }
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-ngx_http_llm_route_t *
-ngx_http_llm_find_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
-    ngx_str_t *name)
-{
-    ngx_uint_t                  i;
-    ngx_http_llm_route_t       *route, **rp;
-    ngx_http_llm_provider_t    *p;
-    ngx_http_llm_route_peer_t  *peer;
-
-    rp = lmcf->routes.elts;
-
-    for (i = 0; i < lmcf->routes.nelts; i++) {
-        if (rp[i]->name.len == name->len
-            && ngx_strncmp(rp[i]->name.data, name->data, name->len) == 0)
-        {
-            return rp[i];
-        }
-    }
-
-    /* a provider name is a route of one provider */
-
-    p = ngx_http_llm_find_provider(lmcf, name);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
-    if (route == NULL) {
-        return NULL;
-    }
-
-    if (ngx_array_init(&route->peers, cf->pool, 1,
-                       sizeof(ngx_http_llm_route_peer_t))
-        != NGX_OK)
-    {
-        return NULL;
-    }
-
-    peer = ngx_array_push(&route->peers);
-    if (peer == NULL) {
-        return NULL;
-    }
-
-    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
-
-    peer->name = p->name;
-    peer->provider = p;
-    peer->weight = 1;
-
-    route->name = p->name;
-    route->implicit = 1;
-    route->declares_models = (p->models != NULL);
-
-    rp = ngx_array_push(&lmcf->routes);
-    if (rp == NULL) {
-        return NULL;
-    }
-
-    *rp = route;
-
-    return route;
-}
-
-
-static ngx_http_llm_provider_t *
+ngx_http_llm_provider_t *
 ngx_http_llm_find_provider(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name)
 {
     ngx_uint_t                 i;
@@ -1343,60 +1076,6 @@ ngx_http_llm_provider_model(ngx_http_llm_provider_t *p, ngx_str_t *alias)
     }
 
     return NULL;
-}
-
-
-/*
- * Smooth weighted round robin, per worker, among the providers of the
- * route that speak the endpoint's format and serve the model (a provider
- * that declares no models serves any).  Returns NULL if none does.
- */
-
-ngx_http_llm_provider_t *
-ngx_http_llm_pick_provider(ngx_http_request_t *r, ngx_http_llm_route_t *route,
-    ngx_str_t *model, ngx_uint_t endpoint, ngx_http_llm_model_t **map)
-{
-    ngx_int_t                   total;
-    ngx_uint_t                  i;
-    ngx_http_llm_model_t       *m;
-    ngx_http_llm_route_peer_t  *peer, *best;
-
-    best = NULL;
-    total = 0;
-    *map = NULL;
-
-    peer = route->peers.elts;
-
-    for (i = 0; i < route->peers.nelts; i++) {
-
-        if (!(peer[i].provider->format->endpoints
-              & ngx_http_llm_endpoint_bit(endpoint)))
-        {
-            continue;
-        }
-
-        m = ngx_http_llm_provider_model(peer[i].provider, model);
-
-        if (m == NULL && peer[i].provider->models) {
-            continue;
-        }
-
-        peer[i].current += peer[i].weight;
-        total += peer[i].weight;
-
-        if (best == NULL || peer[i].current > best->current) {
-            best = &peer[i];
-            *map = m;
-        }
-    }
-
-    if (best == NULL) {
-        return NULL;
-    }
-
-    best->current -= total;
-
-    return best->provider;
 }
 
 

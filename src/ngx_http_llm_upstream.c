@@ -13,7 +13,6 @@
 #include "ngx_http_llm_module.h"
 
 
-static ngx_int_t ngx_http_llm_create_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_reinit_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_status_line(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_header(ngx_http_request_t *r);
@@ -71,7 +70,7 @@ ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     u = r->upstream;
     p = ctx->provider;
 
-    u->conf = &p->upstream;
+    u->conf = ctx->attempt[ctx->current].peer->conf;
 
 #if (NGX_HTTP_SSL)
     u->ssl = p->ssl;
@@ -106,7 +105,7 @@ ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_llm_create_request(ngx_http_request_t *r)
 {
     size_t                    len;

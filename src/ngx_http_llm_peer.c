@@ -1,0 +1,314 @@
+
+/*
+ * nginx-llm-gateway: failover between providers.
+ *
+ * Every provider's upstream goes through a peer of the gateway's own, as
+ * upstream keepalive wraps round robin: it hands each connection to the
+ * peer of the provider of the current attempt (round robin, keepalive,
+ * whatever the provider's upstream uses).  When an attempt fails in a way
+ * the route retries (an error, a timeout, a status), nginx's upstream asks
+ * for the next peer, and the gateway's peer moves to the next provider of
+ * the plan: it switches the upstream configuration (timeouts, TLS), builds
+ * the request anew for that provider, and gets a connection from its
+ * peers.  Nothing has gone to the client before the reply's header is in,
+ * so the client sees the first reply that is not retried.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+typedef struct {
+    ngx_http_request_t              *request;
+    ngx_http_llm_ctx_t              *ctx;
+
+    void                            *data;      /* the provider's peer */
+    ngx_event_get_peer_pt            get;
+    ngx_event_free_peer_pt           free;
+#if (NGX_HTTP_SSL)
+    ngx_event_set_peer_session_pt    set_session;
+    ngx_event_save_peer_session_pt   save_session;
+#endif
+
+    unsigned                         next:1;    /* the attempt failed */
+} ngx_http_llm_peer_t;
+
+
+static ngx_int_t ngx_http_llm_peer_init(ngx_http_request_t *r,
+    ngx_http_upstream_srv_conf_t *us);
+static ngx_int_t ngx_http_llm_peer_provider(ngx_http_llm_peer_t *lp);
+static ngx_int_t ngx_http_llm_peer_get(ngx_peer_connection_t *pc,
+    void *data);
+static ngx_int_t ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp);
+static void ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state);
+#if (NGX_HTTP_SSL)
+static ngx_int_t ngx_http_llm_peer_set_session(ngx_peer_connection_t *pc,
+    void *data);
+static void ngx_http_llm_peer_save_session(ngx_peer_connection_t *pc,
+    void *data);
+#endif
+
+
+/*
+ * Configuration: each provider's upstream (after nginx initialized it) is
+ * kept, and its place taken by a copy whose peers are the gateway's.
+ */
+
+ngx_int_t
+ngx_http_llm_init_peers(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
+{
+    ngx_uint_t                      i;
+    ngx_http_llm_provider_t       **pp;
+    ngx_http_upstream_srv_conf_t   *uscf;
+
+    pp = lmcf->providers.elts;
+
+    for (i = 0; i < lmcf->providers.nelts; i++) {
+
+        uscf = ngx_palloc(cf->pool, sizeof(ngx_http_upstream_srv_conf_t));
+        if (uscf == NULL) {
+            return NGX_ERROR;
+        }
+
+        pp[i]->peers = pp[i]->upstream.upstream;
+
+        *uscf = *pp[i]->peers;
+        uscf->peer.init = ngx_http_llm_peer_init;
+
+        pp[i]->upstream.upstream = uscf;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_peer_init(ngx_http_request_t *r, ngx_http_upstream_srv_conf_t *us)
+{
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+    ngx_http_llm_peer_t  *lp;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    lp = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_peer_t));
+    if (lp == NULL) {
+        return NGX_ERROR;
+    }
+
+    lp->request = r;
+    lp->ctx = ctx;
+    ctx->peer = lp;
+
+    if (ngx_http_llm_peer_provider(lp) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    u = r->upstream;
+
+    /* a try for each attempt planned */
+
+    u->peer.tries = ctx->nattempts;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The peers of the provider of the current attempt: its upstream's peer
+ * initialization fills the upstream's peer connection; what it puts there
+ * is kept, and the gateway's peer takes its place again.
+ */
+
+static ngx_int_t
+ngx_http_llm_peer_provider(ngx_http_llm_peer_t *lp)
+{
+    ngx_uint_t                     tries;
+    ngx_http_request_t            *r;
+    ngx_http_upstream_t           *u;
+    ngx_http_upstream_srv_conf_t  *us;
+
+    r = lp->request;
+    u = r->upstream;
+    us = lp->ctx->provider->peers;
+
+    tries = u->peer.tries;
+
+    /* round robin takes a peer data it finds for its own */
+    u->peer.data = NULL;
+
+    if (us->peer.init(r, us) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    lp->data = u->peer.data;
+    lp->get = u->peer.get;
+    lp->free = u->peer.free;
+
+    u->peer.data = lp;
+    u->peer.get = ngx_http_llm_peer_get;
+    u->peer.free = ngx_http_llm_peer_free;
+    u->peer.tries = tries;
+
+#if (NGX_HTTP_SSL)
+    lp->set_session = u->peer.set_session;
+    lp->save_session = u->peer.save_session;
+
+    u->peer.set_session = ngx_http_llm_peer_set_session;
+    u->peer.save_session = ngx_http_llm_peer_save_session;
+#endif
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_peer_get(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_llm_peer_t *lp = data;
+
+    ngx_int_t            rc;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = lp->ctx;
+
+    for ( ;; ) {
+
+        if (lp->next) {
+
+            /* the last attempt failed: the next provider */
+
+            lp->next = 0;
+
+            if (ctx->current + 1 >= ctx->nattempts) {
+                return NGX_BUSY;
+            }
+
+            if (ngx_http_llm_peer_switch(lp) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+
+        rc = lp->get(pc, lp->data);
+
+        if (rc != NGX_BUSY || ctx->current + 1 >= ctx->nattempts) {
+            return rc;
+        }
+
+        /* no live peer of this provider: it counts as a failed attempt */
+
+        ctx->attempt[ctx->current].done = 1;
+        lp->next = 1;
+
+        if (pc->tries) {
+            pc->tries--;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp)
+{
+    ngx_http_request_t       *r;
+    ngx_http_upstream_t      *u;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_provider_t  *p;
+
+    r = lp->request;
+    u = r->upstream;
+    ctx = lp->ctx;
+
+    ctx->current++;
+
+    ngx_http_llm_use_attempt(r, ctx);
+
+    p = ctx->provider;
+
+    u->conf = ctx->attempt[ctx->current].peer->conf;
+
+#if (NGX_HTTP_SSL)
+    u->ssl = p->ssl;
+#endif
+
+    if (p->ssl) {
+        ngx_str_set(&u->schema, "https://");
+
+    } else {
+        ngx_str_set(&u->schema, "http://");
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "llm: trying provider \"%V\" (attempt %ui of %ui)",
+                  &p->name, ctx->current + 1, ctx->nattempts);
+
+    if (ngx_http_llm_create_request(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_llm_peer_provider(lp);
+}
+
+
+static void
+ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
+    ngx_uint_t state)
+{
+    ngx_http_llm_peer_t *lp = data;
+
+    ngx_connection_t        *c;
+    ngx_http_upstream_t     *u;
+    ngx_http_llm_attempt_t  *a;
+
+    u = lp->request->upstream;
+    a = &lp->ctx->attempt[lp->ctx->current];
+    c = pc->connection;
+
+    /* a kept-alive connection that broke is not the provider's failure */
+
+    if ((state & NGX_PEER_FAILED) && pc->cached
+        && u->headers_in.status_n == 0)
+    {
+        lp->free(pc, lp->data, state);
+        return;
+    }
+
+    a->done = 1;
+    a->status = u->headers_in.status_n;
+    a->timeout = (c && (c->read->timedout || c->write->timedout));
+
+    lp->free(pc, lp->data, state);
+
+    if (state & NGX_PEER_FAILED) {
+        lp->next = 1;
+    }
+}
+
+
+#if (NGX_HTTP_SSL)
+
+static ngx_int_t
+ngx_http_llm_peer_set_session(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_llm_peer_t *lp = data;
+
+    if (lp->set_session == NULL) {
+        return NGX_OK;
+    }
+
+    return lp->set_session(pc, lp->data);
+}
+
+
+static void
+ngx_http_llm_peer_save_session(ngx_peer_connection_t *pc, void *data)
+{
+    ngx_http_llm_peer_t *lp = data;
+
+    if (lp->save_session) {
+        lp->save_session(pc, lp->data);
+    }
+}
+
+#endif

@@ -1,0 +1,646 @@
+
+/*
+ * nginx-llm-gateway: routes.  A route is a set of providers with weights,
+ * fallbacks and a retry policy; for each request it plans the attempts:
+ * the provider picked by weight first, then the others by weight, then
+ * the fallbacks, among those that speak the endpoint's format and serve
+ * the model.
+ */
+
+
+#include "ngx_http_llm_module.h"
+
+
+#define NGX_HTTP_LLM_RETRY_DEFAULT                                            \
+    (NGX_HTTP_UPSTREAM_FT_ERROR|NGX_HTTP_UPSTREAM_FT_TIMEOUT                  \
+     |NGX_HTTP_UPSTREAM_FT_INVALID_HEADER|NGX_HTTP_UPSTREAM_FT_HTTP_429       \
+     |NGX_HTTP_UPSTREAM_FT_HTTP_500|NGX_HTTP_UPSTREAM_FT_HTTP_502             \
+     |NGX_HTTP_UPSTREAM_FT_HTTP_503|NGX_HTTP_UPSTREAM_FT_HTTP_504             \
+     |NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT)
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_uint_t                   mask;
+} ngx_http_llm_retry_t;
+
+
+static char *ngx_http_llm_route_directive(ngx_conf_t *cf,
+    ngx_command_t *dummy, void *conf);
+static char *ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_uint_t ngx_http_llm_serves(ngx_http_llm_route_peer_t *peer,
+    ngx_uint_t endpoint, ngx_str_t *model, ngx_http_llm_model_t **map);
+
+
+static ngx_command_t  ngx_http_llm_route_commands[] = {
+
+    { ngx_string("provider"),
+      NGX_CONF_TAKE12,
+      ngx_http_llm_route_provider,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("fallback"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_route_provider,
+      0,
+      1,
+      NULL },
+
+    { ngx_string("retry"),
+      NGX_CONF_1MORE,
+      ngx_http_llm_route_retry,
+      0,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+static ngx_http_llm_retry_t  ngx_http_llm_retries[] = {
+    { ngx_string("error"),
+      NGX_HTTP_UPSTREAM_FT_ERROR|NGX_HTTP_UPSTREAM_FT_INVALID_HEADER },
+    { ngx_string("timeout"), NGX_HTTP_UPSTREAM_FT_TIMEOUT },
+    { ngx_string("429"), NGX_HTTP_UPSTREAM_FT_HTTP_429 },
+    { ngx_string("500"), NGX_HTTP_UPSTREAM_FT_HTTP_500 },
+    { ngx_string("502"), NGX_HTTP_UPSTREAM_FT_HTTP_502 },
+    { ngx_string("503"), NGX_HTTP_UPSTREAM_FT_HTTP_503 },
+    { ngx_string("504"), NGX_HTTP_UPSTREAM_FT_HTTP_504 },
+    { ngx_null_string, 0 }
+};
+
+
+char *
+ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_main_conf_t *lmcf = conf;
+
+    char                   *rv;
+    ngx_str_t              *value;
+    ngx_conf_t              save;
+    ngx_uint_t              i;
+    ngx_http_llm_route_t   *route, **rp;
+
+    value = cf->args->elts;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (rp[i]->name.len == value[1].len
+            && ngx_strncmp(rp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate llm route \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
+    if (route == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    route->name = value[1];
+    route->next_upstream = NGX_CONF_UNSET_UINT;
+
+    if (ngx_array_init(&route->peers, cf->pool, 4,
+                       sizeof(ngx_http_llm_route_peer_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    rp = ngx_array_push(&lmcf->routes);
+    if (rp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *rp = route;
+
+    save = *cf;
+    cf->handler = ngx_http_llm_route_directive;
+    cf->handler_conf = (char *) route;
+
+    rv = ngx_conf_parse(cf, NULL);
+
+    *cf = save;
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (route->peers.nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no providers in llm_route \"%V\"", &route->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_uint_value(route->next_upstream,
+                             NGX_HTTP_LLM_RETRY_DEFAULT);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_route_t *route = conf;
+
+    ngx_str_t                  *value;
+    ngx_uint_t                  i;
+    ngx_http_llm_route_peer_t  *peer;
+
+    value = cf->args->elts;
+
+    peer = route->peers.elts;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+        if (peer[i].name.len == value[1].len
+            && ngx_strncmp(peer[i].name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            return "is duplicate";
+        }
+    }
+
+    peer = ngx_array_push(&route->peers);
+    if (peer == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
+
+    peer->name = value[1];
+    peer->weight = 1;
+    peer->fallback = cmd->offset;
+    peer->file = cf->conf_file->file.name.data;
+    peer->line = cf->conf_file->line;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (value[2].len <= 7
+        || ngx_strncmp(value[2].data, "weight=", 7) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    peer->weight = ngx_atoi(value[2].data + 7, value[2].len - 7);
+
+    if (peer->weight == NGX_ERROR || peer->weight == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid weight \"%V\": a positive number",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_http_llm_init_routes(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_llm_route_t      **rp;
+    ngx_http_llm_route_peer_t  *peer;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+
+        peer = rp[i]->peers.elts;
+
+        for (j = 0; j < rp[i]->peers.nelts; j++) {
+
+            peer[j].provider = ngx_http_llm_find_provider(lmcf,
+                                                          &peer[j].name);
+
+            if (peer[j].provider == NULL) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "unknown llm provider \"%V\" in llm_route "
+                              "\"%V\" in %s:%ui", &peer[j].name,
+                              &rp[i]->name, peer[j].file, peer[j].line);
+                return NGX_CONF_ERROR;
+            }
+
+            if (peer[j].provider->models) {
+                rp[i]->declares_models = 1;
+            }
+
+            if (ngx_http_llm_route_peer_conf(cf, rp[i], &peer[j]) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_http_llm_route_t *
+ngx_http_llm_find_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
+    ngx_str_t *name)
+{
+    ngx_uint_t                  i;
+    ngx_http_llm_route_t       *route, **rp;
+    ngx_http_llm_provider_t    *p;
+    ngx_http_llm_route_peer_t  *peer;
+
+    rp = lmcf->routes.elts;
+
+    for (i = 0; i < lmcf->routes.nelts; i++) {
+        if (rp[i]->name.len == name->len
+            && ngx_strncmp(rp[i]->name.data, name->data, name->len) == 0)
+        {
+            return rp[i];
+        }
+    }
+
+    /* a provider name is a route of one provider */
+
+    p = ngx_http_llm_find_provider(lmcf, name);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    route = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_route_t));
+    if (route == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&route->peers, cf->pool, 1,
+                       sizeof(ngx_http_llm_route_peer_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    peer = ngx_array_push(&route->peers);
+    if (peer == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(peer, sizeof(ngx_http_llm_route_peer_t));
+
+    peer->name = p->name;
+    peer->provider = p;
+    peer->weight = 1;
+
+    route->name = p->name;
+    route->implicit = 1;
+    route->declares_models = (p->models != NULL);
+    route->next_upstream = NGX_HTTP_LLM_RETRY_DEFAULT;
+
+    if (ngx_http_llm_route_peer_conf(cf, route, peer) != NGX_OK) {
+        return NULL;
+    }
+
+    rp = ngx_array_push(&lmcf->routes);
+    if (rp == NULL) {
+        return NULL;
+    }
+
+    *rp = route;
+
+    return route;
+}
+
+
+static char *
+ngx_http_llm_route_directive(ngx_conf_t *cf, ngx_command_t *dummy,
+    void *conf)
+{
+    return ngx_http_llm_dispatch(cf, ngx_http_llm_route_commands, conf,
+                                 "llm_route");
+}
+
+
+/*
+ * retry off;
+ * retry TRIGGER ... [tries=N] [timeout=TIME];
+ */
+
+static char *
+ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_route_t *route = conf;
+
+    ngx_int_t              n;
+    ngx_str_t             *value, s;
+    ngx_uint_t             i;
+    ngx_http_llm_retry_t  *t;
+
+    if (route->next_upstream != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    route->next_upstream = 0;
+
+    if (cf->args->nelts == 2
+        && value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0)
+    {
+        route->tries = 1;
+        return NGX_CONF_OK;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "tries=", 6) == 0) {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (n == NGX_ERROR || n == 0 || n > NGX_HTTP_LLM_MAX_ATTEMPTS) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\": from 1 to %d",
+                                   &value[i], NGX_HTTP_LLM_MAX_ATTEMPTS);
+                return NGX_CONF_ERROR;
+            }
+
+            route->tries = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            route->timeout = ngx_parse_time(&s, 0);
+
+            if (route->timeout == (ngx_msec_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        for (t = ngx_http_llm_retries; t->name.len; t++) {
+            if (t->name.len == value[i].len
+                && ngx_strncmp(t->name.data, value[i].data, value[i].len) == 0)
+            {
+                route->next_upstream |= t->mask;
+                break;
+            }
+        }
+
+        if (t->name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid retry trigger \"%V\" (error, "
+                               "timeout, 429, 500, 502, 503, 504, tries=, "
+                               "timeout=)", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    route->next_upstream |= NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The upstream configuration of a provider in a route: the provider's,
+ * with the route's retry policy, and the provider's peers behind the
+ * gateway's own peer, which moves on to the next provider.
+ */
+
+ngx_int_t
+ngx_http_llm_route_peer_conf(ngx_conf_t *cf, ngx_http_llm_route_t *route,
+    ngx_http_llm_route_peer_t *peer)
+{
+    ngx_http_upstream_conf_t  *conf;
+
+    conf = ngx_palloc(cf->pool, sizeof(ngx_http_upstream_conf_t));
+    if (conf == NULL) {
+        return NGX_ERROR;
+    }
+
+    *conf = peer->provider->upstream;
+
+    conf->next_upstream = route->next_upstream;
+    conf->next_upstream_timeout = route->timeout;
+    conf->next_upstream_tries = 0;
+
+    peer->conf = conf;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The attempts of a request: the provider that the smooth weighted round
+ * robin (per worker) picks, then the other providers of the route by
+ * weight, then the fallbacks in order, each only if it speaks the
+ * endpoint's format and serves the model; as many as the route's tries.
+ * Returns NGX_DECLINED if no provider serves the request.
+ */
+
+ngx_int_t
+ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t                   total;
+    ngx_uint_t                  i, j, n, max;
+    ngx_http_llm_model_t       *m, *best_map;
+    ngx_http_llm_route_t       *route;
+    ngx_http_llm_attempt_t     *a;
+    ngx_http_llm_route_peer_t  *peer, *best;
+
+    route = ctx->route;
+    peer = route->peers.elts;
+
+    best = NULL;
+    best_map = NULL;
+    total = 0;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+
+        if (peer[i].fallback
+            || !ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model, &m))
+        {
+            continue;
+        }
+
+        peer[i].current += peer[i].weight;
+        total += peer[i].weight;
+
+        if (best == NULL || peer[i].current > best->current) {
+            best = &peer[i];
+            best_map = m;
+        }
+    }
+
+    max = route->tries ? route->tries : NGX_HTTP_LLM_MAX_ATTEMPTS;
+    a = ctx->attempt;
+    n = 0;
+
+    if (best) {
+        best->current -= total;
+
+        a[0].peer = best;
+        a[0].map = best_map;
+        n = 1;
+    }
+
+    /* the others by weight, heaviest first */
+
+    while (n < max) {
+        best = NULL;
+
+        for (i = 0; i < route->peers.nelts; i++) {
+
+            if (peer[i].fallback
+                || (best && peer[i].weight <= best->weight)
+                || !ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model,
+                                        &m))
+            {
+                continue;
+            }
+
+            for (j = 0; j < n; j++) {
+                if (a[j].peer == &peer[i]) {
+                    break;
+                }
+            }
+
+            if (j == n) {
+                best = &peer[i];
+                best_map = m;
+            }
+        }
+
+        if (best == NULL) {
+            break;
+        }
+
+        a[n].peer = best;
+        a[n].map = best_map;
+        n++;
+    }
+
+    for (i = 0; i < route->peers.nelts && n < max; i++) {
+        if (peer[i].fallback
+            && ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model, &m))
+        {
+            a[n].peer = &peer[i];
+            a[n].map = m;
+            n++;
+        }
+    }
+
+    ctx->nattempts = n;
+    ctx->current = 0;
+
+    if (n == 0) {
+        return NGX_DECLINED;
+    }
+
+    ngx_http_llm_use_attempt(r, ctx);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_serves(ngx_http_llm_route_peer_t *peer, ngx_uint_t endpoint,
+    ngx_str_t *model, ngx_http_llm_model_t **map)
+{
+    ngx_http_llm_provider_t  *p;
+
+    p = peer->provider;
+
+    if (!(p->format->endpoints & ngx_http_llm_endpoint_bit(endpoint))) {
+        return 0;
+    }
+
+    *map = ngx_http_llm_provider_model(p, model);
+
+    return (*map != NULL || p->models == NULL);
+}
+
+
+/* the provider of the current attempt, with its name of the model */
+
+void
+ngx_http_llm_use_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_model_t    *map;
+    ngx_http_llm_attempt_t  *a;
+
+    a = &ctx->attempt[ctx->current];
+    map = a->map;
+
+    ctx->provider = a->peer->provider;
+    ctx->upstream_model = map ? map->name : ctx->model;
+
+    /* the body is edited only if the provider's name differs */
+
+    ctx->model_map = (map
+                      && (map->name.len != ctx->model.len
+                          || ngx_strncmp(map->name.data, ctx->model.data,
+                                         ctx->model.len) != 0))
+                     ? map : NULL;
+}
+
+
+/* "openai:503,deepseek:200": each attempt and how it ended */
+
+u_char *
+ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    size_t *len)
+{
+    u_char                  *text, *p;
+    size_t                   size;
+    ngx_uint_t               i;
+    ngx_http_llm_attempt_t  *a;
+
+    size = 0;
+
+    for (i = 0; i <= ctx->current && i < ctx->nattempts; i++) {
+        size += ctx->attempt[i].peer->provider->name.len
+                + sizeof(":timeout,") - 1;
+    }
+
+    text = ngx_pnalloc(r->pool, size ? size : 1);
+    if (text == NULL) {
+        return NULL;
+    }
+
+    p = text;
+
+    for (i = 0; i <= ctx->current && i < ctx->nattempts; i++) {
+        a = &ctx->attempt[i];
+
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, a->peer->provider->name.data,
+                       a->peer->provider->name.len);
+
+        if (a->status) {
+            p = ngx_sprintf(p, ":%ui", a->status);
+
+        } else if (a->timeout) {
+            p = ngx_cpymem(p, ":timeout", sizeof(":timeout") - 1);
+
+        } else if (a->done) {
+            p = ngx_cpymem(p, ":error", sizeof(":error") - 1);
+        }
+    }
+
+    *len = p - text;
+
+    return text;
+}
