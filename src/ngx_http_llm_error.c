@@ -25,6 +25,7 @@ static ngx_buf_t *ngx_http_llm_error_body(ngx_pool_t *pool,
     ngx_uint_t status, char *code, char *param, u_char *message,
     size_t len);
 static ngx_int_t ngx_http_llm_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_attempts_header(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 
@@ -251,11 +252,21 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
     ngx_http_llm_error_t     *e;
     ngx_http_llm_loc_conf_t  *llcf;
 
-    if (r->err_status == 0 || r != r->main) {
+    if (r != r->main) {
         return ngx_http_next_header_filter(r);
     }
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->attempts_header
+        && ngx_http_llm_attempts_header(r) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (r->err_status == 0) {
+        return ngx_http_next_header_filter(r);
+    }
 
     if (llcf->route == NULL && !llcf->mock && !llcf->status) {
         return ngx_http_next_header_filter(r);
@@ -338,6 +349,37 @@ ngx_http_llm_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
             return ngx_http_next_body_filter(r, &out);
         }
+    }
+
+    return NGX_OK;
+}
+
+
+/* X-LLM-Attempts: the providers tried and how each ended */
+
+static ngx_int_t
+ngx_http_llm_attempts_header(ngx_http_request_t *r)
+{
+    ngx_table_elt_t     *h;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->nattempts == 0 || r->upstream == NULL) {
+        return NGX_OK;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-LLM-Attempts");
+
+    h->value.data = ngx_http_llm_attempts_text(r, ctx, &h->value.len);
+    if (h->value.data == NULL) {
+        return NGX_ERROR;
     }
 
     return NGX_OK;

@@ -261,24 +261,34 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     ngx_http_upstream_t     *u;
     ngx_http_llm_attempt_t  *a;
 
+    ngx_uint_t               tries;
+
     u = lp->request->upstream;
     a = &lp->ctx->attempt[lp->ctx->current];
     c = pc->connection;
+
+    /*
+     * The tries are the gateway's, one per attempt: the provider's peer
+     * counts its own (round robin ends them all for a single server).
+     */
+
+    tries = pc->tries;
+
+    lp->free(pc, lp->data, state);
+
+    pc->tries = tries ? tries - 1 : 0;
 
     /* a kept-alive connection that broke is not the provider's failure */
 
     if ((state & NGX_PEER_FAILED) && pc->cached
         && u->headers_in.status_n == 0)
     {
-        lp->free(pc, lp->data, state);
         return;
     }
 
     a->done = 1;
     a->status = u->headers_in.status_n;
     a->timeout = (c && (c->read->timedout || c->write->timedout));
-
-    lp->free(pc, lp->data, state);
 
     if (state & NGX_PEER_FAILED) {
         lp->next = 1;

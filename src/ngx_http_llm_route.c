@@ -632,6 +632,12 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         if (a->status) {
             p = ngx_sprintf(p, ":%ui", a->status);
 
+        } else if (!a->done && r->upstream
+                   && r->upstream->headers_in.status_n)
+        {
+            /* under way: the status of its reply so far */
+            p = ngx_sprintf(p, ":%ui", r->upstream->headers_in.status_n);
+
         } else if (a->timeout) {
             p = ngx_cpymem(p, ":timeout", sizeof(":timeout") - 1);
 

@@ -22,6 +22,7 @@ enum {
     ngx_http_llm_var_upstream_status,
     ngx_http_llm_var_request_id,
     ngx_http_llm_var_key_id,
+    ngx_http_llm_var_failover,
     ngx_http_llm_var_usage_source,
     ngx_http_llm_var_ttft,
     ngx_http_llm_var_cost,
@@ -30,7 +31,8 @@ enum {
     ngx_http_llm_var_cache_read,
     ngx_http_llm_var_cache_write,
     ngx_http_llm_var_reasoning,
-    ngx_http_llm_var_total
+    ngx_http_llm_var_total,
+    ngx_http_llm_var_attempts
 };
 
 
@@ -70,6 +72,12 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_key_id"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_key_id, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_failover"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_failover, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_attempts"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_attempts, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("llm_usage_source"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_usage_source, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -149,7 +157,7 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
     ngx_str_null(&s);
 
-    if (data >= ngx_http_llm_var_cost) {
+    if (data >= ngx_http_llm_var_cost && data <= ngx_http_llm_var_total) {
         ngx_http_llm_price_request(r, ctx);
     }
 
@@ -203,6 +211,24 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
             return NGX_ERROR;
         }
         goto done;
+
+    case ngx_http_llm_var_failover:
+        if (ctx->nattempts && r->upstream) {
+            s.data = ngx_http_llm_attempts_text(r, ctx, &s.len);
+
+            if (s.data == NULL) {
+                return NGX_ERROR;
+            }
+        }
+        goto done;
+
+    case ngx_http_llm_var_attempts:
+        if (ctx->nattempts == 0 || r->upstream == NULL) {
+            goto done;
+        }
+
+        n = ctx->current + 1;
+        break;
 
     case ngx_http_llm_var_usage_source:
         ngx_http_llm_usage_finalize(r, ctx);
@@ -259,8 +285,12 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         n = ctx->usage.reasoning;
         break;
 
-    default: /* ngx_http_llm_var_total */
+    case ngx_http_llm_var_total:
         n = ctx->usage.input + ctx->usage.output;
+        break;
+
+    default:
+        goto done;
     }
 
     /* a number */
