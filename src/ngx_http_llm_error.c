@@ -85,9 +85,7 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status, char *code,
 {
     u_char               *last, msg[NGX_MAX_ERROR_STR];
     va_list               args;
-    ngx_int_t             rc;
     ngx_buf_t            *b;
-    ngx_chain_t           out;
     ngx_table_elt_t      *h;
     ngx_http_llm_ctx_t   *ctx;
 
@@ -112,13 +110,6 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status, char *code,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
     if (status == NGX_HTTP_NOT_ALLOWED) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
@@ -136,23 +127,13 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status, char *code,
         }
     }
 
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llm_send_buf(r, status, b);
 }
 
 
 ngx_int_t
 ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, cJSON *json)
 {
-    ngx_int_t     rc;
     ngx_chain_t  *out;
 
     out = ngx_http_llm_json_chain(r->pool, json);
@@ -160,11 +141,23 @@ ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, cJSON *json)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    out->buf->last_buf = (r == r->main) ? 1 : 0;
-    out->buf->last_in_chain = 1;
+    return ngx_http_llm_send_buf(r, status, out->buf);
+}
+
+
+/* a JSON answer of the gateway's own, whole in one buffer */
+
+ngx_int_t
+ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status, ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
 
     r->headers_out.status = status;
-    r->headers_out.content_length_n = out->buf->last - out->buf->pos;
+    r->headers_out.content_length_n = b->last - b->pos;
 
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
@@ -176,7 +169,10 @@ ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, cJSON *json)
         return rc;
     }
 
-    return ngx_http_output_filter(r, out);
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
 }
 
 

@@ -506,6 +506,10 @@ ngx_table_elt_t *ngx_http_llm_client_header(ngx_http_request_t *r,
 void ngx_http_llm_upstream_start(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_create_request(ngx_http_request_t *r);
+void ngx_http_llm_upstream_provider(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_output_ref(ngx_http_request_t *r, u_char *pos,
+    u_char *last, ngx_chain_t ***ll);
 
 /* formats */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
@@ -574,6 +578,8 @@ ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
     char *code, char *param, char *fmt, ...);
 ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
     cJSON *json);
+ngx_int_t ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b);
 ngx_int_t ngx_http_llm_error_filter_init(ngx_conf_t *cf);
 ngx_http_llm_ctx_t *ngx_http_llm_get_ctx(ngx_http_request_t *r);
 

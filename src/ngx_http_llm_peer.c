@@ -212,12 +212,10 @@ static ngx_int_t
 ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp)
 {
     ngx_http_request_t       *r;
-    ngx_http_upstream_t      *u;
     ngx_http_llm_ctx_t       *ctx;
     ngx_http_llm_provider_t  *p;
 
     r = lp->request;
-    u = r->upstream;
     ctx = lp->ctx;
 
     ctx->current++;
@@ -226,18 +224,7 @@ ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp)
 
     p = ctx->provider;
 
-    u->conf = ctx->attempt[ctx->current].peer->conf;
-
-#if (NGX_HTTP_SSL)
-    u->ssl = p->ssl;
-#endif
-
-    if (p->ssl) {
-        ngx_str_set(&u->schema, "https://");
-
-    } else {
-        ngx_str_set(&u->schema, "http://");
-    }
+    ngx_http_llm_upstream_provider(r, ctx);
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "llm: trying provider \"%V\" (attempt %ui of %ui)",

@@ -56,7 +56,6 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     ngx_int_t                    rc;
     ngx_buf_t                   *b;
     ngx_uint_t                   i, n;
-    ngx_chain_t                  out;
     ngx_queue_t                 *q;
     ngx_http_llm_node_t         *ln;
     ngx_http_llm_zone_t         *zone;
@@ -159,26 +158,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     *p++ = LF;
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llm_send_buf(r, NGX_HTTP_OK, b);
 }
 
 

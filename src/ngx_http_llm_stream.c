@@ -85,31 +85,13 @@ static ngx_int_t
 ngx_http_llm_stream_run(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     u_char *p)
 {
-    ngx_buf_t            *b;
-    ngx_chain_t          *cl;
-    ngx_http_upstream_t  *u;
-
     if (p == ctx->run_start) {
         return NGX_OK;
     }
 
-    u = r->upstream;
-
-    cl = ngx_chain_get_free_buf(r->pool, &u->free_bufs);
-    if (cl == NULL) {
+    if (ngx_http_llm_output_ref(r, ctx->run_start, p, &ctx->out) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    b = cl->buf;
-
-    b->flush = 1;
-    b->memory = 1;
-    b->pos = ctx->run_start;
-    b->last = p;
-    b->tag = u->output.tag;
-
-    *ctx->out = cl;
-    ctx->out = &cl->next;
 
     ctx->run_start = p;
 

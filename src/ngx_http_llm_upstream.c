@@ -70,18 +70,7 @@ ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     u = r->upstream;
     p = ctx->provider;
 
-    u->conf = ctx->attempt[ctx->current].peer->conf;
-
-#if (NGX_HTTP_SSL)
-    u->ssl = p->ssl;
-#endif
-
-    if (p->ssl) {
-        ngx_str_set(&u->schema, "https://");
-
-    } else {
-        ngx_str_set(&u->schema, "http://");
-    }
+    ngx_http_llm_upstream_provider(r, ctx);
 
     u->output.tag = (ngx_buf_tag_t) &ngx_http_llm_module;
 
@@ -102,6 +91,32 @@ ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                    &p->name, &ctx->upstream_model, (ngx_uint_t) ctx->stream);
 
     ngx_http_upstream_init(r);
+}
+
+
+/* the upstream settings of the provider of the current attempt */
+
+void
+ngx_http_llm_upstream_provider(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_upstream_t      *u;
+    ngx_http_llm_provider_t  *p;
+
+    u = r->upstream;
+    p = ctx->provider;
+
+    u->conf = ctx->attempt[ctx->current].peer->conf;
+
+#if (NGX_HTTP_SSL)
+    u->ssl = p->ssl;
+#endif
+
+    if (p->ssl) {
+        ngx_str_set(&u->schema, "https://");
+
+    } else {
+        ngx_str_set(&u->schema, "http://");
+    }
 }
 
 
@@ -646,8 +661,6 @@ static ngx_int_t
 ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     u_char *pos, u_char *last, ngx_chain_t ***ll)
 {
-    ngx_buf_t            *b;
-    ngx_chain_t          *cl;
     ngx_http_upstream_t  *u;
 
     if (pos == last) {
@@ -673,6 +686,22 @@ ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     {
         return NGX_ERROR;
     }
+
+    return ngx_http_llm_output_ref(r, pos, last, ll);
+}
+
+
+/* the bytes of the reply at [pos, last) go to the client from where they are */
+
+ngx_int_t
+ngx_http_llm_output_ref(ngx_http_request_t *r, u_char *pos, u_char *last,
+    ngx_chain_t ***ll)
+{
+    ngx_buf_t            *b;
+    ngx_chain_t          *cl;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
 
     cl = ngx_chain_get_free_buf(r->pool, &u->free_bufs);
     if (cl == NULL) {

@@ -108,7 +108,8 @@ sub log_line {
     is($ok, 20, 'one provider of two answers 503: 20 of 20 requests succeed');
     cmp_ok($failed_over, '>=', 5, "requests that went to the failing provider first failed over ($failed_over)");
 
-    my @lines = grep { /^split-/ } $t->access_log('gw.log');
+    my @lines;
+    wait_for(sub { @lines = grep { /^split-/ } $t->access_log('gw.log'); @lines >= 20 }, 5);
     is(scalar(grep { /\|good\|2\|bad:503,good:200\|200\|provider$/ } @lines), $failed_over,
        'the log has $llm_attempts 2 and $llm_failover bad:503,good:200 for them, with the usage of the answer');
     is(scalar(grep { /\|good\|1\|good:200\|200\|provider$/ } @lines), 20 - $failed_over,
