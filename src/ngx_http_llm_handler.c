@@ -20,6 +20,8 @@ static ngx_int_t ngx_http_llm_uri_model(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_request_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_send_unavailable(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_models(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static void ngx_http_llm_json_cleanup(void *data);
@@ -206,7 +208,13 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return rc;
     }
 
-    if (ngx_http_llm_plan_attempts(r, ctx) != NGX_OK) {
+    rc = ngx_http_llm_plan_attempts(r, ctx);
+
+    if (rc == NGX_BUSY) {
+        return ngx_http_llm_send_unavailable(r, ctx);
+    }
+
+    if (rc != NGX_OK) {
         return ngx_http_llm_send_error(r, NGX_HTTP_NOT_FOUND,
                                        "model_not_found", "model",
                                        "The model \"%V\" is not served by "
@@ -214,6 +222,39 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Every provider that could take the request has its breaker open: 503 at
+ * once, without touching a provider, and when to come back.
+ */
+
+static ngx_int_t
+ngx_http_llm_send_unavailable(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    u_char           *p;
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Retry-After");
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%M", (ctx->retry + 999) / 1000) - p;
+
+    return ngx_http_llm_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "providers_unavailable", NULL,
+                                   "Every provider of the route is failing; "
+                                   "retry in %M s", (ctx->retry + 999) / 1000);
 }
 
 

@@ -119,6 +119,8 @@ struct ngx_http_llm_provider_s {
 
     ngx_int_t                    keepalive;
     ngx_flag_t                   stream_usage;
+    ngx_int_t                    breaker_failures;  /* 0: off */
+    ngx_msec_t                   breaker_cooldown;
     ngx_uint_t                   ssl;
 
 #if (NGX_HTTP_SSL)
@@ -135,6 +137,7 @@ struct ngx_http_llm_provider_s {
 
 
 #define NGX_HTTP_LLM_MAX_ATTEMPTS  8
+#define NGX_HTTP_LLM_ROUTE_PEERS   64
 
 
 typedef struct {
@@ -217,6 +220,25 @@ typedef struct {
 } ngx_http_llm_node_t;
 
 
+/* a circuit breaker of a provider, shared by the workers */
+
+#define NGX_HTTP_LLM_BREAKERS      64
+
+#define NGX_HTTP_LLM_CLOSED        0
+#define NGX_HTTP_LLM_OPEN          1
+#define NGX_HTTP_LLM_HALF_OPEN     2
+
+typedef struct {
+    uint32_t                     hash;          /* of the name; 0: free */
+    u_short                      len;
+    u_char                       name[32];
+    ngx_uint_t                   state;
+    ngx_uint_t                   failures;      /* in a row */
+    ngx_msec_t                   until;         /* open, or the probe's */
+    uint64_t                     opened;        /* times */
+} ngx_http_llm_breaker_t;
+
+
 typedef struct {
     ngx_rbtree_t                 rbtree;
     ngx_rbtree_node_t            sentinel;
@@ -224,6 +246,7 @@ typedef struct {
     ngx_http_llm_stats_t         total;
     time_t                       started;
     uint64_t                     evicted;
+    ngx_http_llm_breaker_t       breaker[NGX_HTTP_LLM_BREAKERS];
 } ngx_http_llm_shctx_t;
 
 
@@ -418,6 +441,7 @@ struct ngx_http_llm_ctx_s {
     ngx_http_llm_attempt_t       attempt[NGX_HTTP_LLM_MAX_ATTEMPTS];
     ngx_uint_t                   nattempts;     /* planned */
     ngx_uint_t                   current;       /* the one under way */
+    ngx_msec_t                   retry;         /* all breakers open */
     void                        *peer;          /* ngx_http_llm_peer_t */
 
     ngx_uint_t                   endpoint;
@@ -569,6 +593,16 @@ u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_msec_t ngx_http_llm_hist_bound(ngx_uint_t i);
+
+/* circuit breakers: ngx_http_llm_breaker.c */
+char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_uint_t ngx_http_llm_breaker_allow(ngx_http_request_t *r,
+    ngx_http_llm_provider_t *p, ngx_msec_t *retry);
+void ngx_http_llm_breaker_report(ngx_http_request_t *r,
+    ngx_http_llm_provider_t *p, ngx_uint_t failed);
+u_char *ngx_http_llm_breaker_status(u_char *p,
+    ngx_http_llm_breaker_t *breakers);
 
 /* status page: ngx_http_llm_status.c */
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -280,6 +280,11 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     if (state & NGX_PEER_FAILED) {
         lp->next = 1;
     }
+
+    ngx_http_llm_breaker_report(lp->request, a->peer->provider,
+                                (state & NGX_PEER_FAILED)
+                                || a->status == NGX_HTTP_TOO_MANY_REQUESTS
+                                || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR);
 }
 
 

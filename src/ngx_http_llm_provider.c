@@ -136,6 +136,13 @@ static ngx_command_t  ngx_http_llm_provider_commands[] = {
       0,
       NULL },
 
+    { ngx_string("breaker"),
+      NGX_CONF_1MORE,
+      ngx_http_llm_breaker_conf,
+      0,
+      0,
+      NULL },
+
     { ngx_string("stream_usage"),
       NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -228,6 +235,8 @@ ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     p->headers = NGX_CONF_UNSET_PTR;
     p->keepalive = NGX_CONF_UNSET;
     p->stream_usage = NGX_CONF_UNSET;
+    p->breaker_failures = NGX_CONF_UNSET;
+    p->breaker_cooldown = NGX_CONF_UNSET_MSEC;
 
     p->upstream.connect_timeout = NGX_CONF_UNSET_MSEC;
     p->upstream.send_timeout = NGX_CONF_UNSET_MSEC;
@@ -575,6 +584,8 @@ ngx_http_llm_provider_init(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
 
     ngx_conf_init_value(p->keepalive, NGX_HTTP_LLM_KEEPALIVE_DEFAULT);
     ngx_conf_init_value(p->stream_usage, 1);
+    ngx_conf_init_value(p->breaker_failures, 0);
+    ngx_conf_init_msec_value(p->breaker_cooldown, 30000);
 
     rv = ngx_http_llm_provider_url(cf, p);
     if (rv != NGX_CONF_OK) {

@@ -169,6 +169,10 @@ ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (route->peers.nelts == NGX_HTTP_LLM_ROUTE_PEERS) {
+        return "is one too many: a route has 64 providers at most";
+    }
+
     peer = ngx_array_push(&route->peers);
     if (peer == NULL) {
         return NGX_CONF_ERROR;
@@ -451,24 +455,48 @@ ngx_int_t
 ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                   total;
-    ngx_uint_t                  i, j, n, max;
-    ngx_http_llm_model_t       *m, *best_map;
+    ngx_uint_t                  i, j, n, max, serves;
+    ngx_msec_t                  retry, wait;
+    ngx_http_llm_model_t       *m, *map[NGX_HTTP_LLM_ROUTE_PEERS];
     ngx_http_llm_route_t       *route;
     ngx_http_llm_attempt_t     *a;
     ngx_http_llm_route_peer_t  *peer, *best;
+    u_char                      ok[NGX_HTTP_LLM_ROUTE_PEERS];
 
     route = ctx->route;
     peer = route->peers.elts;
 
+    /* who may take the request: the format, the model, the breaker */
+
+    serves = 0;
+    retry = 0;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+
+        ok[i] = ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model,
+                                    &map[i]);
+        if (!ok[i]) {
+            continue;
+        }
+
+        serves++;
+
+        if (!ngx_http_llm_breaker_allow(r, peer[i].provider, &wait)) {
+            ok[i] = 0;
+
+            if (retry == 0 || wait < retry) {
+                retry = wait;
+            }
+        }
+    }
+
     best = NULL;
-    best_map = NULL;
+    m = NULL;
     total = 0;
 
     for (i = 0; i < route->peers.nelts; i++) {
 
-        if (peer[i].fallback
-            || !ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model, &m))
-        {
+        if (peer[i].fallback || !ok[i]) {
             continue;
         }
 
@@ -477,7 +505,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         if (best == NULL || peer[i].current > best->current) {
             best = &peer[i];
-            best_map = m;
+            m = map[i];
         }
     }
 
@@ -489,7 +517,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         best->current -= total;
 
         a[0].peer = best;
-        a[0].map = best_map;
+        a[0].map = m;
         n = 1;
     }
 
@@ -500,10 +528,8 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         for (i = 0; i < route->peers.nelts; i++) {
 
-            if (peer[i].fallback
-                || (best && peer[i].weight <= best->weight)
-                || !ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model,
-                                        &m))
+            if (peer[i].fallback || !ok[i]
+                || (best && peer[i].weight <= best->weight))
             {
                 continue;
             }
@@ -516,7 +542,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
             if (j == n) {
                 best = &peer[i];
-                best_map = m;
+                m = map[i];
             }
         }
 
@@ -525,16 +551,14 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
 
         a[n].peer = best;
-        a[n].map = best_map;
+        a[n].map = m;
         n++;
     }
 
     for (i = 0; i < route->peers.nelts && n < max; i++) {
-        if (peer[i].fallback
-            && ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model, &m))
-        {
+        if (peer[i].fallback && ok[i]) {
             a[n].peer = &peer[i];
-            a[n].map = m;
+            a[n].map = map[i];
             n++;
         }
     }
@@ -543,7 +567,9 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->current = 0;
 
     if (n == 0) {
-        return NGX_DECLINED;
+        /* none serves the model, or every breaker is open */
+        ctx->retry = retry;
+        return serves ? NGX_BUSY : NGX_DECLINED;
     }
 
     ngx_http_llm_use_attempt(r, ctx);

@@ -64,6 +64,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     ngx_http_llm_status_node_t  *nodes;
     time_t                       started;
     uint64_t                     evicted;
+    ngx_http_llm_breaker_t       breakers[NGX_HTTP_LLM_BREAKERS];
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -127,6 +128,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     total = zone->sh->total;
     started = zone->sh->started;
     evicted = zone->sh->evicted;
+    ngx_memcpy(breakers, zone->sh->breaker, sizeof(breakers));
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -134,7 +136,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len += NGX_HTTP_LLM_STATS_LEN + 256 + 6 * zone->name.len;
+    len += NGX_HTTP_LLM_STATS_LEN + 256 + 6 * zone->name.len
+           + NGX_HTTP_LLM_BREAKERS * 320;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -153,6 +156,8 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
                                     NGX_HTTP_LLM_NODE_PROVIDER, nodes, n);
     p = ngx_http_llm_status_section(p, "models", NGX_HTTP_LLM_NODE_MODEL,
                                     nodes, n);
+
+    p = ngx_http_llm_breaker_status(p, breakers);
 
     *p++ = '}';
     *p++ = LF;

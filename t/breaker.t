@@ -1,0 +1,151 @@
+#!/usr/bin/perl
+# Circuit breakers: shared by the workers; open after failures in a row,
+# skipped by routes while open; an immediate 503 when every provider of a
+# route is open; after the cooldown one probe, one only across the workers.
+
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use LLMTest;
+use Time::HiRes qw(sleep);
+
+my $t = LLMTest->new(workers => 2);
+
+$t->run(<<'CONF');
+http {
+    llm_zone llm 1m;
+
+    log_format llm '$http_x_test_id|$llm_provider|$llm_failover|$status';
+
+    llm_provider bad  { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; header X-Mock-Status 503;
+                        breaker failures=2 cooldown=2s; }
+    llm_provider good { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; }
+    llm_provider flaky { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                         breaker failures=2 cooldown=1s; }
+
+    llm_route split { provider bad weight=5; provider good; }
+    llm_route alone { provider flaky; }
+
+    server {
+        listen 127.0.0.1:%%PORT_MOCK%%;
+        access_log %%DIR%%/mock.log;
+        location /v1/ { llm_mock; }
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT_GW%%;
+        access_log %%DIR%%/gw.log llm;
+        location /split/v1/ { llm_pass split; }
+        location /alone/v1/ { llm_pass alone; }
+        location = /status  { llm_status; }
+    }
+}
+CONF
+
+my $gw   = $t->port('GW');
+my $msgs = [ { role => 'user', content => 'Hello' } ];
+
+sub chat {
+    my ($route, @h) = @_;
+    return http_request(port => $gw, method => 'POST', path => "/$route/v1/chat/completions",
+                        body => { model => 'm', messages => $msgs }, headers => \@h, timeout => 15);
+}
+
+sub status { json_decode(http_request(port => $gw, path => '/status')->{body}) // {} }
+
+sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log') }
+
+# a failing provider is skipped once its breaker is open
+{
+    my @attempts;
+    for my $i (1 .. 6) {
+        my $r = chat('split');
+        is($r->{status}, 200, "split $i: 200 (the good provider answers)");
+    }
+
+    my $b = status()->{breakers}{bad} // {};
+    is($b->{state}, 'open', 'the failing provider\'s breaker is open');
+    is($b->{opened}, 1, 'it opened once');
+
+    my $before = mock_requests();
+    my $r = chat('split', 'X-Test-Id' => 'skip');
+    is($r->{status}, 200, 'with the breaker open the request still succeeds');
+    my $line = wait_for(sub { (grep { /^skip\|/ } $t->access_log('gw.log'))[0] }, 5) // '';
+    like($line, qr/^skip\|good\|good:200\|200$/, 'the open provider is not tried at all');
+    is(mock_requests() - $before, 1, 'one request reached the providers');
+}
+
+# every provider of a route open: 503 at once, without touching a provider
+{
+    for (1 .. 2) {
+        my $r = chat('alone', 'X-Mock-Status' => 500);
+        is($r->{status}, 500, 'the provider fails (500)');
+    }
+
+    is((status()->{breakers}{flaky} // {})->{state}, 'open', 'after 2 failures in a row: open');
+
+    my $before = mock_requests();
+    my $r = chat('alone');
+    error_ok($r, 503, 'providers_unavailable', 'every provider open: 503 providers_unavailable');
+    like($r->{headers}{'retry-after'} // '', qr/^[12]$/, 'with Retry-After');
+    is(mock_requests() - $before, 0, 'no provider was touched');
+}
+
+# after the cooldown: one probe, one only, across the two workers
+{
+    sleep 1.3;
+
+    my $before = mock_requests();
+    my @pids;
+    for my $i (1 .. 4) {
+        my $pid = fork();
+        if ($pid == 0) {
+            # the probe takes 500 ms: the others come while it is under way
+            my $r = chat('alone', 'X-Test-Id' => "probe-$i", 'X-Mock-Delay' => 500);
+            exit($r->{status} == 200 ? 0 : $r->{status} == 503 ? 3 : 1);
+        }
+        push @pids, $pid;
+    }
+
+    my %rc;
+    for my $pid (@pids) { waitpid($pid, 0); $rc{$? >> 8}++; }
+
+    is($rc{0} // 0, 1, 'half-open: one of 4 concurrent requests probes the provider (and it answers)');
+    is($rc{3} // 0, 3, 'the 3 others get 503 at once');
+    is(mock_requests() - $before, 1, 'one request reached the provider');
+
+    is((status()->{breakers}{flaky} // {})->{state}, 'closed', 'the probe succeeded: the breaker is closed');
+
+    my $r = chat('alone');
+    is($r->{status}, 200, 'closed: requests go through again');
+}
+
+# a failed probe opens the breaker again
+{
+    chat('alone', 'X-Mock-Status' => 503) for 1 .. 2;
+    is((status()->{breakers}{flaky} // {})->{state}, 'open', 'open again after 2 failures');
+
+    sleep 1.2;
+    my $r = chat('alone', 'X-Mock-Status' => 503);
+    is($r->{status}, 503, 'the probe fails');
+    my $b = status()->{breakers}{flaky} // {};
+    is($b->{state}, 'open', 'a failed probe opens the breaker at once');
+    is($b->{opened}, 3, 'opened three times in all');
+}
+
+# configuration
+{
+    my ($rc, $out) = $t->nginx_t(<<'CONF');
+http {
+    llm_provider a { url http://127.0.0.1:1/v1; breaker failures=0; }
+    server { listen 127.0.0.1:%%PORT_X%%; location / { llm_pass a; } }
+}
+CONF
+    isnt($rc, 0, 'breaker failures=0 fails nginx -t');
+    like($out, qr/invalid parameter "failures=0"/, 'and says why');
+}
+
+$t->finish;
+done_testing;
