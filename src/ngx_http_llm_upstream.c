@@ -754,9 +754,58 @@ ngx_http_llm_abort_request(ngx_http_request_t *r)
 }
 
 
+/*
+ * A stream that the provider broke off after the client had bytes of it
+ * (a reset, a timeout, a cut): the client gets an error event, as OpenAI
+ * sends one, so that SDKs raise an error instead of taking the stream for
+ * complete.
+ */
+
 static void
 ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
 {
+    u_char              *p;
+    ngx_buf_t           *b;
+    ngx_str_t           *name;
+    ngx_chain_t          out;
+    ngx_http_llm_ctx_t  *ctx;
+
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "finalize llm request: %i", rc);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL || !ctx->sse_reply || ctx->done
+        || !r->upstream->header_sent || r->connection->error
+        || (rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE)
+        || rc == NGX_HTTP_CLIENT_CLOSED_REQUEST)
+    {
+        return;
+    }
+
+    ngx_str_set(&ctx->error, "provider_stream_error");
+
+    name = &ctx->provider->name;
+
+    b = ngx_create_temp_buf(r->pool, 256 + 6 * name->len);
+    if (b == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(b->last, "data: {\"error\":{\"message\":\"",
+                   sizeof("data: {\"error\":{\"message\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, (u_char *) "The stream of provider ",
+                                   sizeof("The stream of provider ") - 1);
+    p = (u_char *) ngx_escape_json(p, name->data, name->len);
+    p = ngx_sprintf(p, " ended early\",\"type\":\"server_error\","
+                    "\"param\":null,\"code\":\"provider_stream_error\"}}"
+                    "\n\n");
+
+    b->last = p;
+    b->flush = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    (void) ngx_http_output_filter(r, &out);
 }

@@ -126,7 +126,9 @@ sub log_line {
     is($s->{status}, 200, 'mid-stream stall: 200 header');
     my $t0 = time;
     $s->read_all(6);
-    is(scalar @{$s->events}, 2, 'mid-stream stall: the 2 produced events are delivered');
+    is(scalar @{$s->events}, 3, 'mid-stream stall: the 2 produced events are delivered, then an error event');
+    like($s->events->[-1]{data}, qr/^data: \{"error":\{"message":"The stream of provider slow ended early","type":"server_error","param":null,"code":"provider_stream_error"\}\}\n\n\z/,
+         'mid-stream stall: the error event is OpenAI-style (SDKs raise it)');
     ok($s->finished, 'mid-stream stall: the client stream ends (no hang) after read_timeout');
     cmp_ok(time - $t0, '<', 5, 'mid-stream stall: ends within a few seconds');
     diag('mid-stream stall: stream ' . ($s->complete ? 'ended with a clean terminator' : 'was cut (truncated)'));
@@ -169,12 +171,16 @@ sub log_line {
     is($s->{status}, 200, 'provider resets mid-stream: 200 header');
     my $t0 = time;
     $s->read_all(6);
-    is(join('', map { $_->{data} } @{$s->events}), $EVENTS[0] . $EVENTS[1],
+    my @ev = @{$s->events};
+    is(join('', map { $_->{data} } @ev[0 .. $#ev - 1]), $EVENTS[0] . $EVENTS[1],
        'provider resets mid-stream: events sent before the reset are delivered');
+    like($ev[-1]{data} // '', qr/^data: \{"error":\{.*"code":"provider_stream_error"\}\}/,
+         'provider resets mid-stream: then an error event');
     ok($s->finished, 'provider resets mid-stream: the client stream ends');
     cmp_ok(time - $t0, '<', 4, 'provider resets mid-stream: promptly');
     diag('reset mid-stream: stream ' . ($s->complete ? 'ended with a clean terminator' : 'was cut (truncated)'));
-    like(log_line('reset-stream'), qr/^reset-stream\|raw\|/, 'provider resets mid-stream: request logged');
+    like(log_line('reset-stream'), qr/^reset-stream\|raw\|provider_stream_error\|/,
+         'provider resets mid-stream: logged with $llm_error provider_stream_error');
 }
 
 {
