@@ -161,6 +161,7 @@ typedef struct {
 
     ngx_uint_t                   next_upstream;   /* retry triggers */
     ngx_uint_t                   tries;           /* 0: every provider */
+    ngx_http_complex_value_t    *sticky;          /* the key, or NULL */
     ngx_msec_t                   timeout;         /* of all attempts */
 } ngx_http_llm_route_t;
 

@@ -31,6 +31,10 @@ static char *ngx_http_llm_route_provider(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_route_sticky(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_http_llm_route_peer_t *ngx_http_llm_sticky_peer(
+    ngx_http_request_t *r, ngx_http_llm_route_t *route, u_char *serves);
 static ngx_uint_t ngx_http_llm_serves(ngx_http_llm_route_peer_t *peer,
     ngx_uint_t endpoint, ngx_str_t *model, ngx_http_llm_model_t **map);
 
@@ -54,6 +58,13 @@ static ngx_command_t  ngx_http_llm_route_commands[] = {
     { ngx_string("retry"),
       NGX_CONF_1MORE,
       ngx_http_llm_route_retry,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("sticky"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_route_sticky,
       0,
       0,
       NULL },
@@ -414,6 +425,96 @@ ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* sticky KEY: the same key goes to the same provider while it is healthy */
+
+static char *
+ngx_http_llm_route_sticky(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_route_t *route = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (route->sticky) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    route->sticky = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (route->sticky == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = route->sticky;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The provider of a sticky key: murmur2 of the key into the weights of
+ * the providers that serve the request, as split_clients does, whatever
+ * their breakers say, so that a key keeps its provider; NULL for an empty
+ * key.
+ */
+
+static ngx_http_llm_route_peer_t *
+ngx_http_llm_sticky_peer(ngx_http_request_t *r, ngx_http_llm_route_t *route,
+    u_char *serves)
+{
+    uint32_t                    hash;
+    ngx_str_t                   key;
+    ngx_uint_t                  i, total, part;
+    ngx_http_llm_route_peer_t  *peer;
+
+    if (ngx_http_complex_value(r, route->sticky, &key) != NGX_OK
+        || key.len == 0)
+    {
+        return NULL;
+    }
+
+    peer = route->peers.elts;
+    total = 0;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+        if (serves[i] && !peer[i].fallback) {
+            total += peer[i].weight;
+        }
+    }
+
+    if (total == 0) {
+        return NULL;
+    }
+
+    hash = ngx_murmur_hash2(key.data, key.len);
+    part = hash % total;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+
+        if (!serves[i] || peer[i].fallback) {
+            continue;
+        }
+
+        if (part < (ngx_uint_t) peer[i].weight) {
+            return &peer[i];
+        }
+
+        part -= peer[i].weight;
+    }
+
+    return NULL;
+}
+
+
 /*
  * The upstream configuration of a provider in a route: the provider's,
  * with the route's retry policy, and the provider's peers behind the
@@ -460,8 +561,9 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_model_t       *m, *map[NGX_HTTP_LLM_ROUTE_PEERS];
     ngx_http_llm_route_t       *route;
     ngx_http_llm_attempt_t     *a;
-    ngx_http_llm_route_peer_t  *peer, *best;
+    ngx_http_llm_route_peer_t  *peer, *best, *sticky;
     u_char                      ok[NGX_HTTP_LLM_ROUTE_PEERS];
+    u_char                      serving[NGX_HTTP_LLM_ROUTE_PEERS];
 
     route = ctx->route;
     peer = route->peers.elts;
@@ -475,6 +577,8 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         ok[i] = ngx_http_llm_serves(&peer[i], ctx->endpoint, &ctx->model,
                                     &map[i]);
+        serving[i] = ok[i];
+
         if (!ok[i]) {
             continue;
         }
@@ -515,6 +619,16 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (best) {
         best->current -= total;
+
+        /* a sticky key's provider, if it is healthy, comes first */
+
+        sticky = route->sticky ? ngx_http_llm_sticky_peer(r, route, serving)
+                               : NULL;
+
+        if (sticky && ok[sticky - peer]) {
+            best = sticky;
+            m = map[sticky - peer];
+        }
 
         a[0].peer = best;
         a[0].map = m;

@@ -29,7 +29,11 @@ http {
     llm_provider good    { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
                            model gpt-4o-mini good-model; model other; }
 
+    llm_provider good2   { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; }
+
     llm_route split    { provider bad weight=1; provider good weight=1; }
+    llm_route sticky   { provider good; provider good2; sticky $http_x_user; }
+    llm_route stickbad { provider bad; provider good2; sticky $http_x_user; }
     llm_route refused  { provider dead weight=5; provider good; }
     llm_route timeout  { provider slow weight=5; provider good; }
     llm_route fallback { provider bad; fallback good; }
@@ -62,6 +66,8 @@ http {
         location /client/v1/   { llm_pass client; }
         location /only429/v1/  { llm_pass only429; }
         location /onetry/v1/   { llm_pass onetry; }
+        location /sticky/v1/   { llm_pass sticky; }
+        location /stickbad/v1/ { llm_pass stickbad; }
     }
 }
 CONF
@@ -188,6 +194,34 @@ sub log_line {
     my $r = chat('split', model => 'other', headers => [ 'X-Test-Id' => 'other' ]);
     is($r->{status}, 200, 'a model of the good provider only');
     like(log_line('other'), qr/^other\|good\|1\|good:200\|/, 'it is not sent to the provider that lacks it');
+}
+
+# sticky: a key keeps its provider; keys spread over the providers
+{
+    my %seen;
+    for my $i (1 .. 6) {
+        my $r = chat('sticky', headers => [ 'X-User' => 'alice', 'X-Test-Id' => "alice-$i" ]);
+        my ($p) = (log_line("alice-$i") =~ /^alice-\d\|(\w+)\|/);
+        $seen{$p // '?'}++;
+    }
+    is(scalar(keys %seen), 1, 'sticky: one key, one provider (' . join(',', keys %seen) . ')');
+
+    my %by;
+    for my $u (1 .. 20) {
+        chat('sticky', headers => [ 'X-User' => "user$u", 'X-Test-Id' => "user-$u" ]);
+        my ($p) = (log_line("user-$u") =~ /^user-\d+\|(\w+)\|/);
+        $by{$p // '?'}++;
+    }
+    is(scalar(grep { $_ ne '?' } keys %by), 2, 'sticky: 20 keys use both providers');
+
+    # a key whose provider fails goes to the other one, and still succeeds
+    my $r;
+    my $moved = 0;
+    for my $u (1 .. 10) {
+        $r = chat('stickbad', headers => [ 'X-User' => "user$u", 'X-Test-Id' => "sb-$u" ]);
+        $moved++ if $r->{status} == 200;
+    }
+    is($moved, 10, 'sticky: keys of a failing provider fail over');
 }
 
 # configuration
