@@ -50,7 +50,8 @@ CONF
 $t->run($conf->(''));
 my $gw = $t->port('GW');
 my $TEXT = mock_text();
-my @workers = $t->worker_pids;
+my @workers;
+wait_for(sub { @workers = $t->worker_pids; @workers == 2 }, 5);
 is(scalar @workers, 2, 'two worker processes');
 
 # one request; returns '' on success or a reason
