@@ -33,6 +33,7 @@ http {
 
     llm_route split    { provider bad weight=1; provider good weight=1; }
     llm_route sticky   { provider good; provider good2; sticky $http_x_user; }
+    llm_route weighted { provider good weight=3; provider good2 weight=1; }
     llm_route stickbad { provider bad; provider good2; sticky $http_x_user; }
     llm_route refused  { provider dead weight=5; provider good; }
     llm_route timeout  { provider slow weight=5; provider good; }
@@ -67,6 +68,7 @@ http {
         location /only429/v1/  { llm_pass only429; }
         location /onetry/v1/   { llm_pass onetry; }
         location /sticky/v1/   { llm_pass sticky; }
+        location /weighted/v1/ { llm_pass weighted; }
         location /stickbad/v1/ { llm_pass stickbad; }
     }
 }
@@ -222,6 +224,20 @@ sub log_line {
         $moved++ if $r->{status} == 200;
     }
     is($moved, 10, 'sticky: keys of a failing provider fail over');
+}
+
+# the weighted split over 2,000 requests: 3 to 1 within a chi-square bound
+{
+    my %n;
+    for my $i (1 .. 2000) {
+        my $r = http_request(port => $gw, method => 'POST', path => '/weighted/v1/chat/completions',
+                             body => { model => 'gpt-4o-mini', messages => $msgs }, keepalive => 1);
+        my $j = json_decode($r->{body}) // {};
+        $n{ ($j->{model} // '') eq 'good-model' ? 'good' : 'good2' }++;
+    }
+    my ($e1, $e2) = (1500, 500);
+    my $chi2 = ($n{good} - $e1) ** 2 / $e1 + ($n{good2} - $e2) ** 2 / $e2;
+    cmp_ok($chi2, '<', 10.83, "weights 3:1 over 2000 requests: $n{good}:$n{good2}, chi-square $chi2 < 10.83 (p 0.001)");
 }
 
 # configuration
