@@ -16,7 +16,6 @@
 
 static ngx_http_llm_breaker_t *ngx_http_llm_breaker_find(
     ngx_http_llm_shctx_t *sh, ngx_str_t *name, ngx_uint_t create);
-static ngx_msec_t ngx_http_llm_retry_after(ngx_http_request_t *r);
 
 
 /* breaker failures=N cooldown=TIME | off */
@@ -141,6 +140,37 @@ ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 }
 
 
+/* is the provider's breaker open now (a half-open one is not)? */
+
+ngx_uint_t
+ngx_http_llm_breaker_is_open(ngx_http_request_t *r, ngx_http_llm_provider_t *p)
+{
+    ngx_uint_t                 open;
+    ngx_http_llm_zone_t       *zone;
+    ngx_http_llm_breaker_t    *b;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    if (lmcf->zone == NULL || p->breaker_failures == 0) {
+        return 0;
+    }
+
+    zone = lmcf->zone->data;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    b = ngx_http_llm_breaker_find(zone->sh, &p->name, 0);
+
+    open = (b && b->state == NGX_HTTP_LLM_OPEN
+            && (ngx_msec_int_t) (ngx_current_msec - b->until) < 0);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return open;
+}
+
+
 /* how an attempt with the provider ended */
 
 void
@@ -252,17 +282,22 @@ ngx_http_llm_breaker_find(ngx_http_llm_shctx_t *sh, ngx_str_t *name,
 }
 
 
-/* a 429's Retry-After, in seconds, as ms; 0 if none */
+/* the Retry-After of a 429, 503 or 529, in seconds, as ms; 0 if none */
 
-static ngx_msec_t
+ngx_msec_t
 ngx_http_llm_retry_after(ngx_http_request_t *r)
 {
     ngx_int_t         n;
-    ngx_uint_t        i;
+    ngx_uint_t        i, status;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
-    if (r->upstream->headers_in.status_n != NGX_HTTP_TOO_MANY_REQUESTS) {
+    status = r->upstream->headers_in.status_n;
+
+    if (status != NGX_HTTP_TOO_MANY_REQUESTS
+        && status != NGX_HTTP_SERVICE_UNAVAILABLE
+        && status != 529)
+    {
         return 0;
     }
 

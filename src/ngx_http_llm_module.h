@@ -121,6 +121,7 @@ struct ngx_http_llm_provider_s {
     ngx_flag_t                   stream_usage;
     ngx_int_t                    breaker_failures;  /* 0: off */
     ngx_msec_t                   breaker_cooldown;
+    ngx_msec_t                   first_byte_timeout;
     ngx_uint_t                   ssl;
 
 #if (NGX_HTTP_SSL)
@@ -139,15 +140,32 @@ struct ngx_http_llm_provider_s {
 #define NGX_HTTP_LLM_MAX_ATTEMPTS  8
 #define NGX_HTTP_LLM_ROUTE_PEERS   64
 
+#define NGX_HTTP_LLM_FALLBACK_NONE      0
+#define NGX_HTTP_LLM_FALLBACK           1
+#define NGX_HTTP_LLM_FALLBACK_CONTEXT   2
+
+/* provider error types read from an error reply's body */
+#define NGX_HTTP_LLM_ERROR_NONE         0
+#define NGX_HTTP_LLM_ERROR_CONTEXT      1   /* context_length_exceeded */
+#define NGX_HTTP_LLM_ERROR_QUOTA        2   /* insufficient_quota */
+#define NGX_HTTP_LLM_ERROR_OVERLOADED   3   /* overloaded_error */
+
+#define ngx_http_llm_error_bit(t)       (1 << (t))
+
+/* retry triggers of the gateway's own, beside nginx's */
+#define NGX_HTTP_LLM_RETRY_529          0x10
+
 
 typedef struct {
     ngx_str_t                    name;
     ngx_http_llm_provider_t     *provider;
     ngx_http_upstream_conf_t    *conf;      /* the provider's, this route's
                                                retry policy */
+    ngx_http_upstream_conf_t    *conf_first;  /* until a stream's first
+                                                 byte */
     ngx_int_t                    weight;
     ngx_int_t                    current;
-    ngx_uint_t                   fallback;
+    ngx_uint_t                   fallback;  /* NGX_HTTP_LLM_FALLBACK_* */
     u_char                      *file;
     ngx_uint_t                   line;
 } ngx_http_llm_route_peer_t;
@@ -160,9 +178,12 @@ typedef struct {
     ngx_uint_t                   implicit;
 
     ngx_uint_t                   next_upstream;   /* retry triggers */
+    ngx_uint_t                   retry;           /* 529, error types */
     ngx_uint_t                   tries;           /* 0: every provider */
+    ngx_uint_t                   context;         /* context fallbacks */
     ngx_http_complex_value_t    *sticky;          /* the key, or NULL */
     ngx_msec_t                   timeout;         /* of all attempts */
+    ngx_msec_t                   backoff;
 } ngx_http_llm_route_t;
 
 
@@ -172,8 +193,12 @@ typedef struct {
     ngx_http_llm_route_peer_t   *peer;
     ngx_http_llm_model_t        *map;
     ngx_uint_t                   status;    /* the reply's, or 0 */
+    ngx_uint_t                   error;     /* NGX_HTTP_LLM_ERROR_* */
+    ngx_msec_t                   retry_after;
     unsigned                     timeout:1;
     unsigned                     done:1;
+    unsigned                     used:1;    /* made, or under way */
+    unsigned                     repeat:1;  /* of a provider tried before */
 } ngx_http_llm_attempt_t;
 
 
@@ -442,7 +467,13 @@ struct ngx_http_llm_ctx_s {
     ngx_http_llm_attempt_t       attempt[NGX_HTTP_LLM_MAX_ATTEMPTS];
     ngx_uint_t                   nattempts;     /* planned */
     ngx_uint_t                   current;       /* the one under way */
+    ngx_int_t                    next;          /* the next, or -1 */
+    ngx_msec_t                   next_wait;     /* its backoff */
     ngx_msec_t                   retry;         /* all breakers open */
+    ngx_event_t                  backoff;       /* holds the request back */
+    ngx_chain_t                 *backoff_out;   /* the request held */
+    ngx_msec_t                   backoff_until;
+    u_char                      *body_start;    /* of the reply */
     void                        *peer;          /* ngx_http_llm_peer_t */
 
     ngx_uint_t                   endpoint;
@@ -486,6 +517,11 @@ struct ngx_http_llm_ctx_s {
     unsigned                     finalized:1;   /* the usage is final */
     unsigned                     cost_final:1;
     unsigned                     priced:1;      /* the model has a price */
+    unsigned                     context:1;     /* needs a larger context */
+    unsigned                     wait_body:2;   /* of the reply, before it
+                                                   goes to the client */
+    unsigned                     retry_reply:1; /* the reply is retried */
+    unsigned                     bad_reply:1;   /* not HTTP */
 };
 
 
@@ -508,6 +544,9 @@ ngx_int_t ngx_http_llm_route_peer_conf(ngx_conf_t *cf,
 ngx_int_t ngx_http_llm_plan_attempts(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_use_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_next_attempt(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_attempts_made(ngx_http_llm_ctx_t *ctx);
 u_char *ngx_http_llm_attempts_text(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, size_t *len);
 ngx_uint_t ngx_http_llm_provider_has_header(ngx_http_llm_provider_t *p,
@@ -588,6 +627,8 @@ char *ngx_http_llm_init_prices(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf);
 void ngx_http_llm_price_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+ngx_http_llm_price_t *ngx_http_llm_price_lookup(ngx_http_request_t *r,
+    ngx_http_llm_provider_t *p, ngx_str_t *upstream_model, ngx_str_t *model);
 u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
 
 /* shared statistics: ngx_http_llm_zone.c */
@@ -602,6 +643,9 @@ ngx_uint_t ngx_http_llm_breaker_allow(ngx_http_request_t *r,
     ngx_http_llm_provider_t *p, ngx_msec_t *retry);
 void ngx_http_llm_breaker_report(ngx_http_request_t *r,
     ngx_http_llm_provider_t *p, ngx_uint_t failed);
+ngx_uint_t ngx_http_llm_breaker_is_open(ngx_http_request_t *r,
+    ngx_http_llm_provider_t *p);
+ngx_msec_t ngx_http_llm_retry_after(ngx_http_request_t *r);
 u_char *ngx_http_llm_breaker_status(u_char *p,
     ngx_http_llm_breaker_t *breakers);
 

@@ -107,9 +107,13 @@ ngx_http_llm_peer_init(ngx_http_request_t *r, ngx_http_upstream_srv_conf_t *us)
 
     u = r->upstream;
 
-    /* a try for each attempt planned */
+    /*
+     * The gateway decides whether a failed attempt has a next one: the
+     * tries are 2 while one may follow (nginx retries a status while more
+     * than one is left), 1 for the last.
+     */
 
-    u->peer.tries = ctx->nattempts;
+    u->peer.tries = (ctx->current + 1 < ctx->nattempts) ? 2 : 1;
 
     return NGX_OK;
 }
@@ -177,11 +181,11 @@ ngx_http_llm_peer_get(ngx_peer_connection_t *pc, void *data)
 
         if (lp->next) {
 
-            /* the last attempt failed: the next provider */
+            /* the last attempt failed: the next one */
 
             lp->next = 0;
 
-            if (ctx->current + 1 >= ctx->nattempts) {
+            if (ctx->next < 0) {
                 return NGX_BUSY;
             }
 
@@ -192,18 +196,20 @@ ngx_http_llm_peer_get(ngx_peer_connection_t *pc, void *data)
 
         rc = lp->get(pc, lp->data);
 
-        if (rc != NGX_BUSY || ctx->current + 1 >= ctx->nattempts) {
+        if (rc != NGX_BUSY) {
             return rc;
         }
 
         /* no live peer of this provider: it counts as a failed attempt */
 
         ctx->attempt[ctx->current].done = 1;
-        lp->next = 1;
+        ctx->next = ngx_http_llm_next_attempt(lp->request, ctx);
 
-        if (pc->tries) {
-            pc->tries--;
+        if (ctx->next < 0) {
+            return NGX_BUSY;
         }
+
+        lp->next = 1;
     }
 }
 
@@ -218,7 +224,8 @@ ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp)
     r = lp->request;
     ctx = lp->ctx;
 
-    ctx->current++;
+    ctx->current = ctx->next;
+    ctx->next = -1;
 
     ngx_http_llm_use_attempt(r, ctx);
 
@@ -226,9 +233,15 @@ ngx_http_llm_peer_switch(ngx_http_llm_peer_t *lp)
 
     ngx_http_llm_upstream_provider(r, ctx);
 
+    /* a provider tried before gets the request after the backoff */
+
+    ctx->backoff_until = ctx->next_wait ? ngx_current_msec + ctx->next_wait
+                                        : 0;
+
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "llm: trying provider \"%V\" (attempt %ui of %ui)",
-                  &p->name, ctx->current + 1, ctx->nattempts);
+                  "llm: trying provider \"%V\" (attempt %ui, in %M ms)",
+                  &p->name, ngx_http_llm_attempts_made(ctx),
+                  ctx->next_wait);
 
     if (ngx_http_llm_create_request(r) != NGX_OK) {
         return NGX_ERROR;
@@ -244,28 +257,33 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_llm_peer_t *lp = data;
 
+    ngx_uint_t               failed;
     ngx_connection_t        *c;
+    ngx_http_request_t      *r;
+    ngx_http_llm_ctx_t      *ctx;
     ngx_http_upstream_t     *u;
     ngx_http_llm_attempt_t  *a;
 
-    ngx_uint_t               tries;
-
-    u = lp->request->upstream;
-    a = &lp->ctx->attempt[lp->ctx->current];
+    r = lp->request;
+    u = r->upstream;
+    ctx = lp->ctx;
+    a = &ctx->attempt[ctx->current];
     c = pc->connection;
 
     /*
-     * The tries are the gateway's, one per attempt: the provider's peer
-     * counts its own (round robin ends them all for a single server).
+     * The tries are the gateway's (see ngx_http_llm_peer_init): the
+     * provider's peer counts its own, and round robin ends them all for a
+     * single server.
      */
-
-    tries = pc->tries;
 
     lp->free(pc, lp->data, state);
 
-    pc->tries = tries ? tries - 1 : 0;
+    pc->tries = 0;
 
-    /* a kept-alive connection that broke is not the provider's failure */
+    /*
+     * A kept-alive connection that broke is not the provider's failure:
+     * nginx gives back the try, and the provider gets the request again.
+     */
 
     if ((state & NGX_PEER_FAILED) && pc->cached
         && u->headers_in.status_n == 0)
@@ -278,13 +296,32 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     a->timeout = (c && (c->read->timedout || c->write->timedout));
 
     if (state & NGX_PEER_FAILED) {
+
+        if (a->status < NGX_HTTP_SPECIAL_RESPONSE && !ctx->retry_reply) {
+            /* a timeout or an error after the header of a reply */
+            a->status = 0;
+        }
+
+        a->retry_after = ngx_http_llm_retry_after(r);
+
         lp->next = 1;
+        ctx->next = ngx_http_llm_next_attempt(r, ctx);
+
+        if (ctx->next >= 0
+            && !(ctx->bad_reply
+                 && !(ctx->route->next_upstream & NGX_HTTP_UPSTREAM_FT_ERROR)))
+        {
+            pc->tries = 1;
+        }
     }
 
-    ngx_http_llm_breaker_report(lp->request, a->peer->provider,
-                                (state & NGX_PEER_FAILED)
-                                || a->status == NGX_HTTP_TOO_MANY_REQUESTS
-                                || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR);
+    /* the request's own faults (400, 413, ...) are not the provider's */
+
+    failed = (a->status == 0 && (state & NGX_PEER_FAILED))
+             || a->status == NGX_HTTP_TOO_MANY_REQUESTS
+             || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    ngx_http_llm_breaker_report(r, a->peer->provider, failed);
 }
 
 

@@ -440,21 +440,58 @@ ngx_http_llm_price_find(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model)
 
 
 /*
+ * The price of a model: looked up by the name the provider is sent, then
+ * as "provider/name" (LiteLLM's keys for some providers), then by the
+ * name the client asked for.
+ */
+
+ngx_http_llm_price_t *
+ngx_http_llm_price_lookup(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
+    ngx_str_t *upstream_model, ngx_str_t *model)
+{
+    u_char                    *s;
+    ngx_str_t                  name;
+    ngx_http_llm_price_t      *price;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    price = ngx_http_llm_price_find(lmcf, upstream_model);
+
+    if (price == NULL && lmcf->price_hash.buckets) {
+        name.len = p->name.len + 1 + upstream_model->len;
+
+        name.data = ngx_pnalloc(r->pool, name.len);
+        if (name.data == NULL) {
+            return NULL;
+        }
+
+        s = ngx_cpymem(name.data, p->name.data, p->name.len);
+        *s++ = '/';
+        ngx_memcpy(s, upstream_model->data, upstream_model->len);
+
+        price = ngx_http_llm_price_find(lmcf, &name);
+    }
+
+    if (price == NULL) {
+        price = ngx_http_llm_price_find(lmcf, model);
+    }
+
+    return price;
+}
+
+
+/*
  * The cost of the request: uncached input, cache reads, cache writes,
- * output and reasoning, each at its price.  The model is looked up by the
- * name the provider was sent, then as "provider/name" (LiteLLM's keys for
- * some providers), then by the name the client asked for.
+ * output and reasoning, each at its price.
  */
 
 void
 ngx_http_llm_price_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    u_char                    *p;
     uint64_t                   cost;
-    ngx_str_t                  name;
     ngx_http_llm_usage_t      *u;
     ngx_http_llm_price_t      *price;
-    ngx_http_llm_main_conf_t  *lmcf;
 
     if (ctx->cost_final) {
         return;
@@ -470,30 +507,8 @@ ngx_http_llm_price_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
-
-    price = ngx_http_llm_price_find(lmcf, &ctx->upstream_model);
-
-    if (price == NULL) {
-        name.len = ctx->provider->name.len + 1 + ctx->upstream_model.len;
-
-        name.data = ngx_pnalloc(r->pool, name.len);
-        if (name.data == NULL) {
-            return;
-        }
-
-        p = ngx_cpymem(name.data, ctx->provider->name.data,
-                       ctx->provider->name.len);
-        *p++ = '/';
-        ngx_memcpy(p, ctx->upstream_model.data, ctx->upstream_model.len);
-
-        price = ngx_http_llm_price_find(lmcf, &name);
-    }
-
-    if (price == NULL) {
-        price = ngx_http_llm_price_find(lmcf, &ctx->model);
-    }
-
+    price = ngx_http_llm_price_lookup(r, ctx->provider, &ctx->upstream_model,
+                                      &ctx->model);
     if (price == NULL) {
         return;
     }

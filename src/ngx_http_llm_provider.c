@@ -122,6 +122,13 @@ static ngx_command_t  ngx_http_llm_provider_commands[] = {
       offsetof(ngx_http_llm_provider_t, upstream.read_timeout),
       NULL },
 
+    { ngx_string("first_byte_timeout"),
+      NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      0,
+      offsetof(ngx_http_llm_provider_t, first_byte_timeout),
+      NULL },
+
     { ngx_string("buffer_size"),
       NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -241,6 +248,7 @@ ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     p->upstream.connect_timeout = NGX_CONF_UNSET_MSEC;
     p->upstream.send_timeout = NGX_CONF_UNSET_MSEC;
     p->upstream.read_timeout = NGX_CONF_UNSET_MSEC;
+    p->first_byte_timeout = NGX_CONF_UNSET_MSEC;
     p->upstream.buffer_size = NGX_CONF_UNSET_SIZE;
 
 #if (NGX_HTTP_SSL)
@@ -749,6 +757,7 @@ ngx_http_llm_provider_upstream(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     ngx_conf_init_msec_value(u->connect_timeout, 10000);
     ngx_conf_init_msec_value(u->send_timeout, 60000);
     ngx_conf_init_msec_value(u->read_timeout, 300000);
+    ngx_conf_init_msec_value(p->first_byte_timeout, u->read_timeout);
     ngx_conf_init_size_value(u->buffer_size, 16384);
 
     u->next_upstream = NGX_HTTP_UPSTREAM_FT_ERROR

@@ -19,9 +19,15 @@
      |NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT)
 
 
+#define NGX_HTTP_LLM_RETRY_OWN_DEFAULT  NGX_HTTP_LLM_RETRY_529
+
+#define NGX_HTTP_LLM_BACKOFF_DEFAULT    100
+
+
 typedef struct {
     ngx_str_t                    name;
-    ngx_uint_t                   mask;
+    ngx_uint_t                   mask;      /* nginx's triggers */
+    ngx_uint_t                   retry;     /* the gateway's */
 } ngx_http_llm_retry_t;
 
 
@@ -37,6 +43,10 @@ static ngx_http_llm_route_peer_t *ngx_http_llm_sticky_peer(
     ngx_http_request_t *r, ngx_http_llm_route_t *route, u_char *serves);
 static ngx_uint_t ngx_http_llm_serves(ngx_http_llm_route_peer_t *peer,
     ngx_uint_t endpoint, ngx_str_t *model, ngx_http_llm_model_t **map);
+static ngx_uint_t ngx_http_llm_fits(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_route_peer_t *peer,
+    ngx_http_llm_model_t *map);
+static ngx_uint_t ngx_http_llm_transient(ngx_http_llm_attempt_t *a);
 
 
 static ngx_command_t  ngx_http_llm_route_commands[] = {
@@ -52,7 +62,14 @@ static ngx_command_t  ngx_http_llm_route_commands[] = {
       NGX_CONF_TAKE1,
       ngx_http_llm_route_provider,
       0,
-      1,
+      NGX_HTTP_LLM_FALLBACK,
+      NULL },
+
+    { ngx_string("context_fallback"),
+      NGX_CONF_TAKE1,
+      ngx_http_llm_route_provider,
+      0,
+      NGX_HTTP_LLM_FALLBACK_CONTEXT,
       NULL },
 
     { ngx_string("retry"),
@@ -74,14 +91,21 @@ static ngx_command_t  ngx_http_llm_route_commands[] = {
 
 static ngx_http_llm_retry_t  ngx_http_llm_retries[] = {
     { ngx_string("error"),
-      NGX_HTTP_UPSTREAM_FT_ERROR|NGX_HTTP_UPSTREAM_FT_INVALID_HEADER },
-    { ngx_string("timeout"), NGX_HTTP_UPSTREAM_FT_TIMEOUT },
-    { ngx_string("429"), NGX_HTTP_UPSTREAM_FT_HTTP_429 },
-    { ngx_string("500"), NGX_HTTP_UPSTREAM_FT_HTTP_500 },
-    { ngx_string("502"), NGX_HTTP_UPSTREAM_FT_HTTP_502 },
-    { ngx_string("503"), NGX_HTTP_UPSTREAM_FT_HTTP_503 },
-    { ngx_string("504"), NGX_HTTP_UPSTREAM_FT_HTTP_504 },
-    { ngx_null_string, 0 }
+      NGX_HTTP_UPSTREAM_FT_ERROR|NGX_HTTP_UPSTREAM_FT_INVALID_HEADER, 0 },
+    { ngx_string("timeout"), NGX_HTTP_UPSTREAM_FT_TIMEOUT, 0 },
+    { ngx_string("429"), NGX_HTTP_UPSTREAM_FT_HTTP_429, 0 },
+    { ngx_string("500"), NGX_HTTP_UPSTREAM_FT_HTTP_500, 0 },
+    { ngx_string("502"), NGX_HTTP_UPSTREAM_FT_HTTP_502, 0 },
+    { ngx_string("503"), NGX_HTTP_UPSTREAM_FT_HTTP_503, 0 },
+    { ngx_string("504"), NGX_HTTP_UPSTREAM_FT_HTTP_504, 0 },
+    { ngx_string("529"), 0, NGX_HTTP_LLM_RETRY_529 },
+    { ngx_string("context_length_exceeded"), 0,
+      ngx_http_llm_error_bit(NGX_HTTP_LLM_ERROR_CONTEXT) },
+    { ngx_string("insufficient_quota"), 0,
+      ngx_http_llm_error_bit(NGX_HTTP_LLM_ERROR_QUOTA) },
+    { ngx_string("overloaded_error"), 0,
+      ngx_http_llm_error_bit(NGX_HTTP_LLM_ERROR_OVERLOADED) },
+    { ngx_null_string, 0, 0 }
 };
 
 
@@ -92,9 +116,10 @@ ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                   *rv;
     ngx_str_t              *value;
-    ngx_conf_t              save;
-    ngx_uint_t              i;
-    ngx_http_llm_route_t   *route, **rp;
+    ngx_conf_t                  save;
+    ngx_uint_t                  i;
+    ngx_http_llm_route_t       *route, **rp;
+    ngx_http_llm_route_peer_t  *peer;
 
     value = cf->args->elts;
 
@@ -118,6 +143,7 @@ ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     route->name = value[1];
     route->next_upstream = NGX_CONF_UNSET_UINT;
+    route->backoff = NGX_CONF_UNSET_MSEC;
 
     if (ngx_array_init(&route->peers, cf->pool, 4,
                        sizeof(ngx_http_llm_route_peer_t))
@@ -151,8 +177,35 @@ ngx_http_llm_route_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    ngx_conf_init_uint_value(route->next_upstream,
-                             NGX_HTTP_LLM_RETRY_DEFAULT);
+    if (route->next_upstream == NGX_CONF_UNSET_UINT) {
+        route->next_upstream = NGX_HTTP_LLM_RETRY_DEFAULT;
+        route->retry = NGX_HTTP_LLM_RETRY_OWN_DEFAULT;
+    }
+
+    ngx_conf_init_msec_value(route->backoff, NGX_HTTP_LLM_BACKOFF_DEFAULT);
+
+    peer = route->peers.elts;
+
+    for (i = 0; i < route->peers.nelts; i++) {
+        if (peer[i].fallback == NGX_HTTP_LLM_FALLBACK_CONTEXT) {
+            route->context++;
+        }
+    }
+
+    if (route->context > NGX_HTTP_LLM_MAX_ATTEMPTS / 2) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many context fallbacks in llm_route \"%V\": "
+                           "%d at most", &route->name,
+                           NGX_HTTP_LLM_MAX_ATTEMPTS / 2);
+        return NGX_CONF_ERROR;
+    }
+
+    if (route->context == route->peers.nelts) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no providers in llm_route \"%V\" but "
+                           "context fallbacks", &route->name);
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }
@@ -315,6 +368,8 @@ ngx_http_llm_find_route(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf,
     route->implicit = 1;
     route->declares_models = (p->models != NULL);
     route->next_upstream = NGX_HTTP_LLM_RETRY_DEFAULT;
+    route->retry = NGX_HTTP_LLM_RETRY_OWN_DEFAULT;
+    route->backoff = NGX_HTTP_LLM_BACKOFF_DEFAULT;
 
     if (ngx_http_llm_route_peer_conf(cf, route, peer) != NGX_OK) {
         return NULL;
@@ -342,7 +397,7 @@ ngx_http_llm_route_directive(ngx_conf_t *cf, ngx_command_t *dummy,
 
 /*
  * retry off;
- * retry TRIGGER ... [tries=N] [timeout=TIME];
+ * retry TRIGGER ... [tries=N] [timeout=TIME] [backoff=TIME];
  */
 
 static char *
@@ -401,11 +456,27 @@ ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "backoff=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            route->backoff = ngx_parse_time(&s, 0);
+
+            if (route->backoff == (ngx_msec_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
         for (t = ngx_http_llm_retries; t->name.len; t++) {
             if (t->name.len == value[i].len
                 && ngx_strncmp(t->name.data, value[i].data, value[i].len) == 0)
             {
                 route->next_upstream |= t->mask;
+                route->retry |= t->retry;
                 break;
             }
         }
@@ -413,8 +484,10 @@ ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (t->name.len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid retry trigger \"%V\" (error, "
-                               "timeout, 429, 500, 502, 503, 504, tries=, "
-                               "timeout=)", &value[i]);
+                               "timeout, 429, 500, 502, 503, 504, 529, "
+                               "context_length_exceeded, insufficient_quota, "
+                               "overloaded_error, tries=, timeout=, "
+                               "backoff=)", &value[i]);
             return NGX_CONF_ERROR;
         }
     }
@@ -518,27 +591,50 @@ ngx_http_llm_sticky_peer(ngx_http_request_t *r, ngx_http_llm_route_t *route,
 /*
  * The upstream configuration of a provider in a route: the provider's,
  * with the route's retry policy, and the provider's peers behind the
- * gateway's own peer, which moves on to the next provider.
+ * gateway's own peer, which moves on to the next provider.  A reply the
+ * gateway retries itself (a 529, an error type) ends as an invalid header.
+ * Until the first byte of a stream the read timeout is the provider's
+ * first_byte_timeout.
  */
 
 ngx_int_t
 ngx_http_llm_route_peer_conf(ngx_conf_t *cf, ngx_http_llm_route_t *route,
     ngx_http_llm_route_peer_t *peer)
 {
+    ngx_http_llm_provider_t   *p;
     ngx_http_upstream_conf_t  *conf;
+
+    p = peer->provider;
 
     conf = ngx_palloc(cf->pool, sizeof(ngx_http_upstream_conf_t));
     if (conf == NULL) {
         return NGX_ERROR;
     }
 
-    *conf = peer->provider->upstream;
+    *conf = p->upstream;
 
-    conf->next_upstream = route->next_upstream;
+    conf->next_upstream = route->next_upstream
+                          | NGX_HTTP_UPSTREAM_FT_INVALID_HEADER
+                          | NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT;
     conf->next_upstream_timeout = route->timeout;
     conf->next_upstream_tries = 0;
 
     peer->conf = conf;
+    peer->conf_first = conf;
+
+    if (p->first_byte_timeout == conf->read_timeout) {
+        return NGX_OK;
+    }
+
+    conf = ngx_palloc(cf->pool, sizeof(ngx_http_upstream_conf_t));
+    if (conf == NULL) {
+        return NGX_ERROR;
+    }
+
+    *conf = *peer->conf;
+    conf->read_timeout = p->first_byte_timeout;
+
+    peer->conf_first = conf;
 
     return NGX_OK;
 }
@@ -548,15 +644,17 @@ ngx_http_llm_route_peer_conf(ngx_conf_t *cf, ngx_http_llm_route_t *route,
  * The attempts of a request: the provider that the smooth weighted round
  * robin (per worker) picks, then the other providers of the route by
  * weight, then the fallbacks in order, each only if it speaks the
- * endpoint's format and serves the model; as many as the route's tries.
- * Returns NGX_DECLINED if no provider serves the request.
+ * endpoint's format and serves the model; as many as the route's tries,
+ * starting over with the providers tried if there are more tries than
+ * providers.  The context fallbacks come last, for a request too large
+ * for the others.  Returns NGX_DECLINED if no provider serves the request.
  */
 
 ngx_int_t
 ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                   total;
-    ngx_uint_t                  i, j, n, max, serves;
+    ngx_uint_t                  i, j, n, max, serves, fit, unfit, context;
     ngx_msec_t                  retry, wait;
     ngx_http_llm_model_t       *m, *map[NGX_HTTP_LLM_ROUTE_PEERS];
     ngx_http_llm_route_t       *route;
@@ -572,6 +670,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     serves = 0;
     retry = 0;
+    context = 0;
 
     for (i = 0; i < route->peers.nelts; i++) {
 
@@ -580,6 +679,11 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         serving[i] = ok[i];
 
         if (!ok[i]) {
+            continue;
+        }
+
+        if (peer[i].fallback == NGX_HTTP_LLM_FALLBACK_CONTEXT) {
+            context++;
             continue;
         }
 
@@ -594,13 +698,34 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
     }
 
+    /* a request larger than a model takes goes to a context fallback */
+
+    if (context) {
+        fit = 0;
+        unfit = 0;
+
+        for (i = 0; i < route->peers.nelts; i++) {
+            if (ok[i] && peer[i].fallback != NGX_HTTP_LLM_FALLBACK_CONTEXT) {
+                if (ngx_http_llm_fits(r, ctx, &peer[i], map[i])) {
+                    fit++;
+
+                } else {
+                    ok[i] = 2;
+                    unfit++;
+                }
+            }
+        }
+
+        ctx->context = (unfit && fit == 0);
+    }
+
     best = NULL;
     m = NULL;
     total = 0;
 
     for (i = 0; i < route->peers.nelts; i++) {
 
-        if (peer[i].fallback || !ok[i]) {
+        if (peer[i].fallback || ok[i] != 1) {
             continue;
         }
 
@@ -625,7 +750,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         sticky = route->sticky ? ngx_http_llm_sticky_peer(r, route, serving)
                                : NULL;
 
-        if (sticky && ok[sticky - peer]) {
+        if (sticky && ok[sticky - peer] == 1) {
             best = sticky;
             m = map[sticky - peer];
         }
@@ -642,7 +767,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         for (i = 0; i < route->peers.nelts; i++) {
 
-            if (peer[i].fallback || !ok[i]
+            if (peer[i].fallback || ok[i] != 1
                 || (best && peer[i].weight <= best->weight))
             {
                 continue;
@@ -670,25 +795,185 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     for (i = 0; i < route->peers.nelts && n < max; i++) {
-        if (peer[i].fallback && ok[i]) {
+        if (peer[i].fallback == NGX_HTTP_LLM_FALLBACK && ok[i] == 1) {
             a[n].peer = &peer[i];
             a[n].map = map[i];
             n++;
         }
     }
 
-    ctx->nattempts = n;
-    ctx->current = 0;
+    /* more tries than providers: the providers again, in the same order */
 
-    if (n == 0) {
+    for (j = n, i = 0;
+         n && j < route->tries
+         && j < NGX_HTTP_LLM_MAX_ATTEMPTS - route->context;
+         j++)
+    {
+        a[j] = a[i++];
+        a[j].repeat = 1;
+    }
+
+    if (j == 0 && !ctx->context) {
         /* none serves the model, or every breaker is open */
+        ctx->nattempts = 0;
         ctx->retry = retry;
         return serves ? NGX_BUSY : NGX_DECLINED;
     }
 
+    /* too large for every provider: the context fallbacks first */
+
+    ctx->current = ctx->context ? j : 0;
+
+    for (i = 0; i < route->peers.nelts && j < NGX_HTTP_LLM_MAX_ATTEMPTS; i++) {
+        if (peer[i].fallback == NGX_HTTP_LLM_FALLBACK_CONTEXT && ok[i]) {
+            a[j].peer = &peer[i];
+            a[j].map = map[i];
+            j++;
+        }
+    }
+
+    ctx->nattempts = j;
+    ctx->next = -1;
+
     ngx_http_llm_use_attempt(r, ctx);
 
     return NGX_OK;
+}
+
+
+/*
+ * Does the request fit the provider's model?  Its input is estimated at a
+ * token per 4 bytes of the request body; the model's max_input_tokens is
+ * from the price table.  Unknown limits fit.
+ */
+
+static ngx_uint_t
+ngx_http_llm_fits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_route_peer_t *peer, ngx_http_llm_model_t *map)
+{
+    uint64_t               estimate;
+    ngx_http_llm_price_t  *price;
+
+    price = ngx_http_llm_price_lookup(r, peer->provider,
+                                      map ? &map->name : &ctx->model,
+                                      &ctx->model);
+
+    if (price == NULL || price->max_input_tokens == 0) {
+        return 1;
+    }
+
+    estimate = (ctx->body.len + 3) / 4;
+
+    if (estimate <= price->max_input_tokens) {
+        return 1;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm request of about %uL input tokens is larger than "
+                  "the %uL of provider \"%V\"", estimate,
+                  price->max_input_tokens, &peer->provider->name);
+
+    return 0;
+}
+
+
+/*
+ * The attempt after the current one that the request may make now, and
+ * the wait before it; -1 if none:
+ *  - after a context_length_exceeded, only the context fallbacks;
+ *  - a provider already tried, only after a failure that may pass (an
+ *    error, a timeout, 429, 5xx; not a quota or a context error), while
+ *    its breaker is not open, after a backoff that doubles each time (at
+ *    least the provider's Retry-After) and fits the route's time budget.
+ */
+
+ngx_int_t
+ngx_http_llm_next_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t               i, j, k;
+    ngx_msec_t               wait, spent;
+    ngx_http_llm_route_t    *route;
+    ngx_http_llm_attempt_t  *a, *last;
+
+    route = ctx->route;
+
+    for (j = ctx->current + 1; j < ctx->nattempts; j++) {
+
+        a = &ctx->attempt[j];
+
+        if ((a->peer->fallback == NGX_HTTP_LLM_FALLBACK_CONTEXT)
+            != ctx->context)
+        {
+            continue;
+        }
+
+        if (ctx->context
+            && ngx_http_llm_breaker_is_open(r, a->peer->provider))
+        {
+            continue;
+        }
+
+        wait = 0;
+
+        if (a->repeat) {
+            k = 0;
+            last = NULL;
+
+            for (i = 0; i < j; i++) {
+                if (ctx->attempt[i].used && ctx->attempt[i].peer == a->peer) {
+                    last = &ctx->attempt[i];
+                    k++;
+                }
+            }
+
+            if (last) {
+                if (!ngx_http_llm_transient(last)
+                    || ngx_http_llm_breaker_is_open(r, a->peer->provider))
+                {
+                    continue;
+                }
+
+                wait = route->backoff << ngx_min(k - 1, 10);
+                wait = wait / 2 + (wait ? (ngx_msec_t) ngx_random()
+                                          % (wait / 2 + 1) : 0);
+
+                if (last->retry_after > wait) {
+                    wait = last->retry_after;
+                }
+
+                spent = ngx_current_msec - r->upstream->peer.start_time;
+
+                if (wait >= a->peer->conf->send_timeout
+                    || (route->timeout && spent + wait >= route->timeout))
+                {
+                    continue;
+                }
+            }
+        }
+
+        ctx->next_wait = wait;
+
+        return j;
+    }
+
+    return -1;
+}
+
+
+/* may an attempt that failed so pass if made again? */
+
+static ngx_uint_t
+ngx_http_llm_transient(ngx_http_llm_attempt_t *a)
+{
+    if (a->error == NGX_HTTP_LLM_ERROR_CONTEXT
+        || a->error == NGX_HTTP_LLM_ERROR_QUOTA)
+    {
+        return 0;
+    }
+
+    return a->status == 0
+           || a->status == NGX_HTTP_TOO_MANY_REQUESTS
+           || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 
@@ -721,6 +1006,8 @@ ngx_http_llm_use_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     a = &ctx->attempt[ctx->current];
     map = a->map;
 
+    a->used = 1;
+
     ctx->provider = a->peer->provider;
     ctx->upstream_model = map ? map->name : ctx->model;
 
@@ -747,7 +1034,7 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     size = 0;
 
-    for (i = 0; i <= ctx->current && i < ctx->nattempts; i++) {
+    for (i = 0; i < ctx->nattempts; i++) {
         size += ctx->attempt[i].peer->provider->name.len
                 + sizeof(":timeout,") - 1;
     }
@@ -759,10 +1046,14 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     p = text;
 
-    for (i = 0; i <= ctx->current && i < ctx->nattempts; i++) {
+    for (i = 0; i < ctx->nattempts; i++) {
         a = &ctx->attempt[i];
 
-        if (i) {
+        if (!a->used) {
+            continue;
+        }
+
+        if (p != text) {
             *p++ = ',';
         }
 
@@ -772,7 +1063,7 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         if (a->status) {
             p = ngx_sprintf(p, ":%ui", a->status);
 
-        } else if (!a->done && r->upstream
+        } else if (i == ctx->current && !a->done && r->upstream
                    && r->upstream->headers_in.status_n)
         {
             /* under way: the status of its reply so far */
@@ -789,4 +1080,19 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     *len = p - text;
 
     return text;
+}
+
+
+ngx_uint_t
+ngx_http_llm_attempts_made(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < ctx->nattempts; i++) {
+        n += ctx->attempt[i].used;
+    }
+
+    return n;
 }

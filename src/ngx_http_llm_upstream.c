@@ -16,6 +16,20 @@
 static ngx_int_t ngx_http_llm_reinit_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_status_line(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_header(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_llm_wait_body(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_process_body_start(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_error_body(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *body);
+static ngx_uint_t ngx_http_llm_error_type(ngx_str_t *body);
+static ngx_int_t ngx_http_llm_error_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_error_field(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_reply_ready(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_send_filter(void *data, ngx_chain_t *in);
+static void ngx_http_llm_backoff_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_input_filter_init(void *data);
 static ngx_int_t ngx_http_llm_copy_filter(void *data, ssize_t bytes);
 static ngx_int_t ngx_http_llm_chunked_filter(void *data, ssize_t bytes);
@@ -27,6 +41,38 @@ static void ngx_http_llm_finalize_request(ngx_http_request_t *r,
     ngx_int_t rc);
 static ngx_uint_t ngx_http_llm_forward_header(ngx_http_llm_provider_t *p,
     ngx_table_elt_t *h);
+
+
+#define NGX_HTTP_LLM_WAIT_NONE     0
+#define NGX_HTTP_LLM_WAIT_FIRST    1    /* a stream's first byte */
+#define NGX_HTTP_LLM_WAIT_ERROR    2    /* an error reply's whole body */
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_uint_t                   error;
+} ngx_http_llm_error_name_t;
+
+
+/* error types and codes, as providers name them in error.type/code/status */
+
+static ngx_http_llm_error_name_t  ngx_http_llm_error_names[] = {
+    { ngx_string("context_length_exceeded"), NGX_HTTP_LLM_ERROR_CONTEXT },
+    { ngx_string("insufficient_quota"), NGX_HTTP_LLM_ERROR_QUOTA },
+    { ngx_string("overloaded_error"), NGX_HTTP_LLM_ERROR_OVERLOADED },
+    { ngx_null_string, 0 }
+};
+
+
+/* how providers word a context error when they give it no type of its own */
+
+static ngx_str_t  ngx_http_llm_context_messages[] = {
+    ngx_string("maximum context length"),
+    ngx_string("prompt is too long"),
+    ngx_string("exceeds the maximum number of tokens"),
+    ngx_string("context_length_exceeded"),
+    ngx_null_string
+};
 
 
 /* client headers that never reach a provider */
@@ -73,6 +119,8 @@ ngx_http_llm_upstream_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_upstream_provider(r, ctx);
 
     u->output.tag = (ngx_buf_tag_t) &ngx_http_llm_module;
+    u->output.output_filter = ngx_http_llm_send_filter;
+    u->output.filter_ctx = r;
 
     u->create_request = ngx_http_llm_create_request;
     u->reinit_request = ngx_http_llm_reinit_request;
@@ -105,7 +153,10 @@ ngx_http_llm_upstream_provider(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     u = r->upstream;
     p = ctx->provider;
 
-    u->conf = ctx->attempt[ctx->current].peer->conf;
+    /* a stream: the first byte within the first_byte_timeout */
+
+    u->conf = ctx->stream ? ctx->attempt[ctx->current].peer->conf_first
+                          : ctx->attempt[ctx->current].peer->conf;
 
 #if (NGX_HTTP_SSL)
     u->ssl = p->ssl;
@@ -299,6 +350,19 @@ ngx_http_llm_reinit_request(ngx_http_request_t *r)
     ctx->received = 0;
     ctx->first_byte = 0;
 
+    ctx->body_start = NULL;
+    ctx->wait_body = NGX_HTTP_LLM_WAIT_NONE;
+    ctx->retry_reply = 0;
+    ctx->bad_reply = 0;
+
+    /* a request held back for an attempt that failed meanwhile */
+
+    ctx->backoff_out = NULL;
+
+    if (ctx->backoff.timer_set) {
+        ngx_del_timer(&ctx->backoff);
+    }
+
     r->upstream->process_header = ngx_http_llm_process_status_line;
     r->upstream->input_filter = ngx_http_llm_copy_filter;
 
@@ -332,6 +396,7 @@ ngx_http_llm_process_status_line(ngx_http_request_t *r)
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "llm provider \"%V\" sent no valid HTTP/1.x header",
                       &ctx->provider->name);
+        ctx->bad_reply = 1;
         return NGX_HTTP_UPSTREAM_INVALID_HEADER;
     }
 
@@ -456,7 +521,16 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
                            "llm provider status %ui",
                            u->headers_in.status_n);
 
-            return NGX_OK;
+            ctx->body_start = u->buffer.pos;
+            ctx->wait_body = ngx_http_llm_wait_body(r, ctx);
+
+            if (ctx->wait_body == NGX_HTTP_LLM_WAIT_NONE) {
+                return ngx_http_llm_reply_ready(r, ctx);
+            }
+
+            u->process_header = ngx_http_llm_process_body_start;
+
+            return ngx_http_llm_process_body_start(r);
         }
 
         if (rc == NGX_AGAIN) {
@@ -470,8 +544,405 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
                       r->header_end - r->header_name_start,
                       r->header_name_start, *r->header_end);
 
+        ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+        ctx->bad_reply = 1;
+
         return NGX_HTTP_UPSTREAM_INVALID_HEADER;
     }
+}
+
+
+/*
+ * What of the reply's body the gateway waits for before the reply goes to
+ * the client: the first byte of a stream (a provider that sends its header
+ * and stalls is retried, within the first_byte_timeout), and the whole
+ * body of an error that another attempt may follow (its error type may be
+ * retried).  A body that ends only when the provider closes is not waited
+ * for.
+ */
+
+static ngx_uint_t
+ngx_http_llm_wait_body(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_uint_t            status;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+    status = u->headers_in.status_n;
+
+    if (status == NGX_HTTP_NO_CONTENT || status == NGX_HTTP_NOT_MODIFIED
+        || (!u->headers_in.chunked && ctx->length == 0))
+    {
+        return NGX_HTTP_LLM_WAIT_NONE;
+    }
+
+    if (status >= 200 && status < 300) {
+        return ctx->stream ? NGX_HTTP_LLM_WAIT_FIRST : NGX_HTTP_LLM_WAIT_NONE;
+    }
+
+    if (status >= NGX_HTTP_BAD_REQUEST
+        && ctx->current + 1 < ctx->nattempts
+        && (u->headers_in.chunked || ctx->length > 0))
+    {
+        return NGX_HTTP_LLM_WAIT_ERROR;
+    }
+
+    return NGX_HTTP_LLM_WAIT_NONE;
+}
+
+
+static ngx_int_t
+ngx_http_llm_process_body_start(ngx_http_request_t *r)
+{
+    ngx_int_t             rc;
+    ngx_str_t             body;
+    ngx_http_upstream_t  *u;
+    ngx_http_llm_ctx_t   *ctx;
+
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    /* a full buffer: what is in goes on */
+
+    if (u->buffer.last != u->buffer.end) {
+
+        if (ctx->wait_body == NGX_HTTP_LLM_WAIT_FIRST) {
+            if (u->buffer.last == ctx->body_start) {
+                return NGX_AGAIN;
+            }
+
+        } else {
+            rc = ngx_http_llm_error_body(r, ctx, &body);
+
+            if (rc == NGX_AGAIN) {
+                return NGX_AGAIN;
+            }
+
+            if (rc == NGX_OK) {
+                ctx->attempt[ctx->current].error =
+                                               ngx_http_llm_error_type(&body);
+            }
+        }
+    }
+
+    u->buffer.pos = ctx->body_start;
+
+    return ngx_http_llm_reply_ready(r, ctx);
+}
+
+
+/*
+ * The body of an error reply, once all of it is in; NGX_AGAIN before,
+ * NGX_DECLINED if it cannot be read.
+ */
+
+static ngx_int_t
+ngx_http_llm_error_body(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *body)
+{
+    u_char               *p;
+    size_t                n;
+    ngx_int_t             rc;
+    ngx_buf_t             b;
+    ngx_http_chunked_t    chunked;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    if (!u->headers_in.chunked) {
+
+        if (u->buffer.last - ctx->body_start < ctx->length) {
+            return NGX_AGAIN;
+        }
+
+        body->data = ctx->body_start;
+        body->len = (size_t) ctx->length;
+
+        return NGX_OK;
+    }
+
+    /* the chunks, joined */
+
+    body->data = ngx_pnalloc(r->pool, u->buffer.last - ctx->body_start);
+    if (body->data == NULL) {
+        return NGX_DECLINED;
+    }
+
+    p = body->data;
+
+    ngx_memzero(&b, sizeof(ngx_buf_t));
+    ngx_memzero(&chunked, sizeof(ngx_http_chunked_t));
+
+    b.pos = ctx->body_start;
+    b.last = u->buffer.last;
+
+    for ( ;; ) {
+
+        rc = ngx_http_parse_chunked(r, &b, &chunked);
+
+        if (rc == NGX_OK) {
+            n = ngx_min((off_t) (b.last - b.pos), chunked.size);
+
+            p = ngx_cpymem(p, b.pos, n);
+            b.pos += n;
+            chunked.size -= n;
+
+            continue;
+        }
+
+        if (rc == NGX_DONE) {
+            body->len = p - body->data;
+            return NGX_OK;
+        }
+
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        return NGX_DECLINED;
+    }
+}
+
+
+/* the error type of an error reply: from its error object, or its wording */
+
+static ngx_uint_t
+ngx_http_llm_error_type(ngx_str_t *body)
+{
+    ngx_str_t   *m;
+    ngx_uint_t   error;
+
+    error = NGX_HTTP_LLM_ERROR_NONE;
+
+    if (ngx_http_llm_json_object(body->data, body->data + body->len,
+                                 ngx_http_llm_error_member, &error)
+        != NGX_OK)
+    {
+        return NGX_HTTP_LLM_ERROR_NONE;
+    }
+
+    if (error != NGX_HTTP_LLM_ERROR_NONE) {
+        return error;
+    }
+
+    for (m = ngx_http_llm_context_messages; m->len; m++) {
+        if (ngx_strlcasestrn(body->data, body->data + body->len, m->data,
+                             m->len - 1)
+            != NULL)
+        {
+            return NGX_HTTP_LLM_ERROR_CONTEXT;
+        }
+    }
+
+    return NGX_HTTP_LLM_ERROR_NONE;
+}
+
+
+static ngx_int_t
+ngx_http_llm_error_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
+    void *data)
+{
+    if (key->len == sizeof("error") - 1
+        && ngx_strncmp(key->data, "error", key->len) == 0
+        && v->type == NGX_HTTP_LLM_JSON_OBJECT)
+    {
+        (void) ngx_http_llm_json_object(v->start, v->end,
+                                        ngx_http_llm_error_field, data);
+    }
+
+    return NGX_OK;
+}
+
+
+/* "type", "code" (OpenAI, Anthropic) and "status" (Gemini) of an error */
+
+static ngx_int_t
+ngx_http_llm_error_field(ngx_str_t *key, ngx_http_llm_json_value_t *v,
+    void *data)
+{
+    ngx_uint_t *error = data;
+
+    size_t                      len;
+    ngx_http_llm_error_name_t  *e;
+
+    if (v->type != NGX_HTTP_LLM_JSON_STRING || v->escaped
+        || !((key->len == 4 && ngx_strncmp(key->data, "type", 4) == 0)
+             || (key->len == 4 && ngx_strncmp(key->data, "code", 4) == 0)
+             || (key->len == 6 && ngx_strncmp(key->data, "status", 6) == 0)))
+    {
+        return NGX_OK;
+    }
+
+    len = v->end - v->start - 2;
+
+    for (e = ngx_http_llm_error_names; e->name.len; e++) {
+        if (e->name.len == len
+            && ngx_strncasecmp(e->name.data, v->start + 1, len) == 0)
+        {
+            *error = e->error;
+            break;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The reply is in, as far as the gateway waits for it: is it retried?
+ * Statuses among nginx's triggers (429, 5xx) nginx retries itself while
+ * the tries say that an attempt may follow; a 529 and error types the
+ * gateway retries, as an invalid header.  A context_length_exceeded goes
+ * to the route's context fallbacks, if any may take it.
+ */
+
+static ngx_int_t
+ngx_http_llm_reply_ready(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t                next;
+    ngx_uint_t               retry;
+    ngx_http_upstream_t     *u;
+    ngx_http_llm_route_t    *route;
+    ngx_http_llm_attempt_t  *a;
+
+    u = r->upstream;
+    route = ctx->route;
+    a = &ctx->attempt[ctx->current];
+
+    a->status = u->headers_in.status_n;
+    a->retry_after = ngx_http_llm_retry_after(r);
+
+    retry = (a->status == 529 && (route->retry & NGX_HTTP_LLM_RETRY_529))
+            || (a->error && (route->retry & ngx_http_llm_error_bit(a->error)));
+
+    next = -1;
+
+    if (a->error == NGX_HTTP_LLM_ERROR_CONTEXT && route->context
+        && !ctx->context)
+    {
+        ctx->context = 1;
+
+        next = ngx_http_llm_next_attempt(r, ctx);
+
+        if (next >= 0) {
+            retry = 1;
+
+        } else {
+            ctx->context = 0;
+        }
+    }
+
+    if (next < 0) {
+        next = ngx_http_llm_next_attempt(r, ctx);
+    }
+
+    u->peer.tries = (next >= 0) ? 2 : 1;
+
+    if (retry && next >= 0
+        && !(route->timeout
+             && ngx_current_msec - u->peer.start_time >= route->timeout))
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "llm provider \"%V\" answered %ui%s, retrying",
+                      &ctx->provider->name, a->status,
+                      a->error == NGX_HTTP_LLM_ERROR_CONTEXT
+                      ? " context_length_exceeded"
+                      : a->error == NGX_HTTP_LLM_ERROR_QUOTA
+                        ? " insufficient_quota"
+                        : a->error == NGX_HTTP_LLM_ERROR_OVERLOADED
+                          ? " overloaded_error" : "");
+
+        ctx->retry_reply = 1;
+
+        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
+    }
+
+    /* the reply goes on: between its bytes, the provider's read timeout */
+
+    u->conf = a->peer->conf;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request to a provider tried before is held back until its backoff
+ * is over, on the connection made for it; then it goes out.
+ */
+
+static ngx_int_t
+ngx_http_llm_send_filter(void *data, ngx_chain_t *in)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_chain_t          *cl, **ll;
+    ngx_msec_int_t        wait;
+    ngx_http_llm_ctx_t   *ctx;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx->backoff_until == 0 && ctx->backoff_out == NULL) {
+        return ngx_chain_writer(&u->writer, in);
+    }
+
+    for (ll = &ctx->backoff_out; *ll; ll = &(*ll)->next) { /* void */ }
+
+    for ( /* void */ ; in; in = in->next) {
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl->buf = in->buf;
+        cl->next = NULL;
+
+        *ll = cl;
+        ll = &cl->next;
+    }
+
+    wait = (ngx_msec_int_t) (ctx->backoff_until - ngx_current_msec);
+
+    if (ctx->backoff_until && wait > 0) {
+
+        if (!ctx->backoff.timer_set) {
+            ctx->backoff.handler = ngx_http_llm_backoff_handler;
+            ctx->backoff.data = r;
+            ctx->backoff.log = r->connection->log;
+
+            ngx_add_timer(&ctx->backoff, (ngx_msec_t) wait);
+        }
+
+        return NGX_AGAIN;
+    }
+
+    ctx->backoff_until = 0;
+
+    cl = ctx->backoff_out;
+    ctx->backoff_out = NULL;
+
+    return ngx_chain_writer(&u->writer, cl);
+}
+
+
+static void
+ngx_http_llm_backoff_handler(ngx_event_t *ev)
+{
+    ngx_http_request_t *r = ev->data;
+
+    ngx_connection_t  *c;
+
+    if (r->upstream == NULL || r->upstream->peer.connection == NULL) {
+        return;
+    }
+
+    c = r->upstream->peer.connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm backoff over, sending the request");
+
+    ngx_post_event(c->write, &ngx_posted_events);
 }
 
 
@@ -774,6 +1245,10 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
                    "finalize llm request: %i", rc);
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx && ctx->backoff.timer_set) {
+        ngx_del_timer(&ctx->backoff);
+    }
 
     if (ctx == NULL || !ctx->sse_reply || ctx->done
         || !r->upstream->header_sent || r->connection->error

@@ -227,7 +227,7 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
             goto done;
         }
 
-        n = ctx->current + 1;
+        n = ngx_http_llm_attempts_made(ctx);
         break;
 
     case ngx_http_llm_var_usage_source:

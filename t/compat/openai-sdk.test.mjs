@@ -5,6 +5,9 @@
 //     llm_provider mock { url http://127.0.0.1:PORT2/v1; key sk-mock;
 //                         model gpt-4o-mini mock-small; }
 //     location / { llm_mock key=sk-mock; }        (the provider on PORT2)
+//     location /stall/v1/ { llm_pass stalling; }  (LLM_GATEWAY_STALL_URL)
+//     llm_provider stalling { ...the same mock...; read_timeout 1s;
+//                             header X-Mock-Stall 2; }
 // and runs this file with `node --test`.
 //
 // The SDK sends `Authorization: Bearer not-the-provider-key`; the mock answers
@@ -16,8 +19,9 @@ import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
 const baseURL = process.env.LLM_GATEWAY_URL;
-if (!baseURL) {
-    throw new Error('LLM_GATEWAY_URL is not set (run this through run.sh)');
+const stallURL = process.env.LLM_GATEWAY_STALL_URL;
+if (!baseURL || !stallURL) {
+    throw new Error('LLM_GATEWAY_URL / LLM_GATEWAY_STALL_URL are not set (run this through run.sh)');
 }
 
 const client = new OpenAI({
@@ -208,4 +212,64 @@ test('provider error passed through: X-Mock-Status 429 -> RateLimitError', async
             return true;
         },
     );
+});
+
+test('provider stream broken off: the SDK raises an APIError after the first chunks', async () => {
+    // provider `stalling` sends 2 events (role, first piece of text) and then
+    // nothing; after its read_timeout (1s) the gateway appends
+    //     data: {"error":{"message":"The stream of provider stalling ended early",...}}
+    // and ends the response. The SDK's Stream throws
+    // `new APIError(undefined, data.error, undefined, headers)` on any data
+    // event with an `error` field, instead of taking the stream for complete.
+    const stalling = new OpenAI({
+        baseURL: stallURL,
+        apiKey: 'not-the-provider-key',
+        maxRetries: 0,
+        timeout: 10_000,
+    });
+
+    const { data: stream, response } = await stalling.chat.completions
+        .create({ model: 'gpt-4o-mini', messages: MESSAGES, stream: true })
+        .withResponse();
+    assert.equal(response.status, 200);
+
+    let content = '';
+    let role;
+    let chunks = 0;
+    await assert.rejects(
+        (async () => {
+            for await (const chunk of stream) {
+                chunks++;
+                assert.equal(chunk.object, 'chat.completion.chunk');
+                for (const choice of chunk.choices) {
+                    if (choice.delta?.role) role = choice.delta.role;
+                    if (choice.delta?.content) content += choice.delta.content;
+                    assert.equal(choice.finish_reason ?? null, null, 'no finish chunk');
+                }
+            }
+        })(),
+        (err) => {
+            assert.ok(err instanceof OpenAI.APIError, `APIError expected, got ${err?.constructor?.name}: ${err?.message}`);
+            // raised from the stream, not from an HTTP status
+            assert.equal(err.status, undefined);
+            assert.equal(err.message, 'The stream of provider stalling ended early');
+            assert.equal(err.code, 'provider_stream_error');
+            assert.equal(err.type, 'server_error');
+            assert.equal(err.param, null);
+            assert.deepEqual(err.error, {
+                message: 'The stream of provider stalling ended early',
+                type: 'server_error',
+                param: null,
+                code: 'provider_stream_error',
+            });
+            return true;
+        },
+    );
+
+    // the 2 events before the stall reached the client: the role chunk and
+    // the first of the 4 pieces of the text
+    assert.equal(chunks, 2);
+    assert.equal(role, 'assistant');
+    assert.ok(content.length > 0 && content.length < TEXT.length, `partial text: ${JSON.stringify(content)}`);
+    assert.ok(TEXT.startsWith(content), `a prefix of the text: ${JSON.stringify(content)}`);
 });

@@ -5,7 +5,9 @@
 #
 # Starts a private nginx (stock /usr/sbin/nginx + the module) from a temporary
 # prefix: a gateway server with `llm_pass mock` in front of a second server
-# running the built-in `llm_mock`, both on free ports of 127.0.0.1. Then runs
+# running the built-in `llm_mock`, both on free ports of 127.0.0.1; the
+# gateway's /stall/v1/ goes to the same mock as provider `stalling`, which
+# stalls every stream after 2 events and has read_timeout 1s. Then runs
 # `node --test` on openai-sdk.test.mjs, stops nginx and exits with the test's
 # exit code.
 #
@@ -94,6 +96,16 @@ http {
         model gpt-4o-mini mock-small;
     }
 
+    # the same mock, whose streams stop after 2 events: the gateway gives up
+    # after 1s of silence and ends the client's stream with an error event
+    llm_provider stalling {
+        url http://127.0.0.1:$PORT2/v1;
+        key sk-mock;
+        model gpt-4o-mini mock-small;
+        read_timeout 1s;
+        header X-Mock-Stall 2;
+    }
+
     # the gateway
     server {
         listen 127.0.0.1:$PORT;
@@ -101,6 +113,10 @@ http {
 
         location /v1/ {
             llm_pass mock;
+        }
+
+        location /stall/v1/ {
+            llm_pass stalling;
         }
     }
 
@@ -170,7 +186,9 @@ echo "run.sh: gateway http://127.0.0.1:$PORT/v1 -> llm_mock on 127.0.0.1:$PORT2"
 echo "run.sh: openai SDK $(node -p 'require("./package-lock.json").packages["node_modules/openai"].version'), node $(node -v)"
 
 rc=0
-LLM_GATEWAY_URL="http://127.0.0.1:$PORT/v1" node --test openai-sdk.test.mjs || rc=$?
+LLM_GATEWAY_URL="http://127.0.0.1:$PORT/v1" \
+LLM_GATEWAY_STALL_URL="http://127.0.0.1:$PORT/stall/v1" \
+    node --test openai-sdk.test.mjs || rc=$?
 
 if [ $rc -ne 0 ]; then
     echo "run.sh: FAILED (exit $rc); gateway access log:"
