@@ -10,8 +10,11 @@
  * for the next peer, and the gateway's peer moves to the next provider of
  * the plan: it switches the upstream configuration (timeouts, TLS), builds
  * the request anew for that provider, and gets a connection from its
- * peers.  Nothing has gone to the client before the reply's header is in,
- * so the client sees the first reply that is not retried.
+ * peers.  Nothing has gone to the client before the reply's header is in
+ * (and a stream's first byte), so the client sees the first reply that is
+ * not retried.  Which attempt comes next, and after what backoff, the
+ * route decides (ngx_http_llm_next_attempt); the request to a provider
+ * tried before waits out its backoff in the upstream's output filter.
  */
 
 
@@ -295,24 +298,11 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     a->status = u->headers_in.status_n;
     a->timeout = (c && (c->read->timedout || c->write->timedout));
 
-    if (state & NGX_PEER_FAILED) {
-
-        if (a->status < NGX_HTTP_SPECIAL_RESPONSE && !ctx->retry_reply) {
-            /* a timeout or an error after the header of a reply */
-            a->status = 0;
-        }
-
-        a->retry_after = ngx_http_llm_retry_after(r);
-
-        lp->next = 1;
-        ctx->next = ngx_http_llm_next_attempt(r, ctx);
-
-        if (ctx->next >= 0
-            && !(ctx->bad_reply
-                 && !(ctx->route->next_upstream & NGX_HTTP_UPSTREAM_FT_ERROR)))
-        {
-            pc->tries = 1;
-        }
+    if ((state & NGX_PEER_FAILED)
+        && a->status < NGX_HTTP_SPECIAL_RESPONSE && !ctx->retry_reply)
+    {
+        /* a timeout or an error after the header of a reply */
+        a->status = 0;
     }
 
     /* the request's own faults (400, 413, ...) are not the provider's */
@@ -322,6 +312,24 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
              || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
 
     ngx_http_llm_breaker_report(r, a->peer->provider, failed);
+
+    if (!(state & NGX_PEER_FAILED)) {
+        return;
+    }
+
+    /* the next attempt, with the breaker as this one left it */
+
+    a->retry_after = ngx_http_llm_retry_after(r);
+
+    lp->next = 1;
+    ctx->next = ngx_http_llm_next_attempt(r, ctx);
+
+    if (ctx->next >= 0
+        && !(ctx->bad_reply
+             && !(ctx->route->next_upstream & NGX_HTTP_UPSTREAM_FT_ERROR)))
+    {
+        pc->tries = 1;
+    }
 }
 
 

@@ -262,6 +262,22 @@ ngx_http_llm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 2; i < cf->args->nelts; i++) {
 
+        /* the model's context: the most input tokens it takes */
+
+        if (ngx_strncmp(value[i].data, "max_input=", 10) == 0) {
+            n = ngx_atoi(value[i].data + 10, value[i].len - 10);
+
+            if (n == NGX_ERROR || n == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\": a number of tokens",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            price->max_input_tokens = (uint64_t) n;
+            continue;
+        }
+
         for (f = ngx_http_llm_price_params; f->name.len; f++) {
             if (value[i].len > f->name.len
                 && ngx_strncmp(value[i].data, f->name.data, f->name.len) == 0)

@@ -25,8 +25,12 @@ http {
     llm_provider flaky { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
                          breaker failures=2 cooldown=1s; }
 
+    llm_provider sturdy { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                          breaker failures=2 cooldown=60s; }
+
     llm_route split { provider bad weight=5; provider good; }
     llm_route alone { provider flaky; }
+    llm_route kept  { provider sturdy; }
 
     server {
         listen 127.0.0.1:%%PORT_MOCK%%;
@@ -39,6 +43,7 @@ http {
         access_log %%DIR%%/gw.log llm;
         location /split/v1/ { llm_pass split; }
         location /alone/v1/ { llm_pass alone; }
+        location /kept/v1/  { llm_pass kept; }
         location = /status  { llm_status; }
     }
 }
@@ -133,6 +138,25 @@ sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log
     my $b = status()->{breakers}{flaky} // {};
     is($b->{state}, 'open', 'a failed probe opens the breaker at once');
     is($b->{opened}, 3, 'opened three times in all');
+}
+
+# a reload keeps the breakers: they live in the zone, not in the workers
+{
+    chat('kept', 'X-Mock-Status' => 502) for 1 .. 2;
+    is((status()->{breakers}{sturdy} // {})->{state}, 'open', 'before the reload: open');
+
+    ok($t->reload(undef, wait_old => 1), 'reload: new workers started, the old ones gone');
+
+    my $b = status()->{breakers}{sturdy} // {};
+    is($b->{state}, 'open', 'after the reload: still open');
+    is($b->{opened}, 1, 'and opened once, as before');
+
+    my $before = mock_requests();
+    for (1 .. 4) {
+        my $r = chat('kept');
+        error_ok($r, 503, 'providers_unavailable', 'the new workers skip the open provider');
+    }
+    is(mock_requests() - $before, 0, 'no provider was touched after the reload');
 }
 
 # configuration
