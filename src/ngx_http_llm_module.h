@@ -199,6 +199,7 @@ typedef struct {
     unsigned                     done:1;
     unsigned                     used:1;    /* made, or under way */
     unsigned                     repeat:1;  /* of a provider tried before */
+    unsigned                     reported:1;    /* to the breaker */
 } ngx_http_llm_attempt_t;
 
 
@@ -547,6 +548,7 @@ void ngx_http_llm_use_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_next_attempt(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 ngx_uint_t ngx_http_llm_attempts_made(ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_attempt_failed(ngx_http_llm_attempt_t *a);
 u_char *ngx_http_llm_attempts_text(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, size_t *len);
 ngx_uint_t ngx_http_llm_provider_has_header(ngx_http_llm_provider_t *p,

@@ -260,7 +260,6 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
 {
     ngx_http_llm_peer_t *lp = data;
 
-    ngx_uint_t               failed;
     ngx_connection_t        *c;
     ngx_http_request_t      *r;
     ngx_http_llm_ctx_t      *ctx;
@@ -283,20 +282,22 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
 
     pc->tries = 0;
 
+    a->timeout = (c && (c->read->timedout || c->write->timedout));
+
     /*
-     * A kept-alive connection that broke is not the provider's failure:
-     * nginx gives back the try, and the provider gets the request again.
+     * A kept-alive connection that broke before a reply is not the
+     * provider's failure: nginx gives back the try, and the provider gets
+     * the request again.  A timeout is the provider's.
      */
 
-    if ((state & NGX_PEER_FAILED) && pc->cached
-        && u->headers_in.status_n == 0)
+    if ((state & NGX_PEER_FAILED) && pc->cached && !a->timeout
+        && u->headers_in.status_n == 0 && !ctx->bad_reply)
     {
         return;
     }
 
     a->done = 1;
     a->status = u->headers_in.status_n;
-    a->timeout = (c && (c->read->timedout || c->write->timedout));
 
     if ((state & NGX_PEER_FAILED)
         && a->status < NGX_HTTP_SPECIAL_RESPONSE && !ctx->retry_reply)
@@ -305,13 +306,15 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
         a->status = 0;
     }
 
-    /* the request's own faults (400, 413, ...) are not the provider's */
+    /*
+     * A reply was reported when it came (see ngx_http_llm_reply_ready);
+     * a request that ended before one (a client gone) is not reported.
+     */
 
-    failed = (a->status == 0 && (state & NGX_PEER_FAILED))
-             || a->status == NGX_HTTP_TOO_MANY_REQUESTS
-             || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-    ngx_http_llm_breaker_report(r, a->peer->provider, failed);
+    if (!a->reported && (state & NGX_PEER_FAILED)) {
+        ngx_http_llm_breaker_report(r, a->peer->provider,
+                                    ngx_http_llm_attempt_failed(a));
+    }
 
     if (!(state & NGX_PEER_FAILED)) {
         return;

@@ -971,9 +971,7 @@ ngx_http_llm_transient(ngx_http_llm_attempt_t *a)
         return 0;
     }
 
-    return a->status == 0
-           || a->status == NGX_HTTP_TOO_MANY_REQUESTS
-           || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
+    return ngx_http_llm_attempt_failed(a);
 }
 
 
@@ -1095,4 +1093,19 @@ ngx_http_llm_attempts_made(ngx_http_llm_ctx_t *ctx)
     }
 
     return n;
+}
+
+
+/*
+ * Did the attempt fail, for the provider's breaker?  An error, a timeout,
+ * a 429 or a 5xx; the request's own faults (400, 413, ...) are not the
+ * provider's.
+ */
+
+ngx_uint_t
+ngx_http_llm_attempt_failed(ngx_http_llm_attempt_t *a)
+{
+    return a->status == 0
+           || a->status == NGX_HTTP_TOO_MANY_REQUESTS
+           || a->status >= NGX_HTTP_INTERNAL_SERVER_ERROR;
 }

@@ -714,12 +714,8 @@ ngx_http_llm_error_type(ngx_str_t *body)
 
     error = NGX_HTTP_LLM_ERROR_NONE;
 
-    if (ngx_http_llm_json_object(body->data, body->data + body->len,
-                                 ngx_http_llm_error_member, &error)
-        != NGX_OK)
-    {
-        return NGX_HTTP_LLM_ERROR_NONE;
-    }
+    (void) ngx_http_llm_json_object(body->data, body->data + body->len,
+                                    ngx_http_llm_error_member, &error);
 
     if (error != NGX_HTTP_LLM_ERROR_NONE) {
         return error;
@@ -811,6 +807,12 @@ ngx_http_llm_reply_ready(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     a->status = u->headers_in.status_n;
     a->retry_after = ngx_http_llm_retry_after(r);
+
+    /* the breaker first: the next attempt is chosen as it leaves it */
+
+    ngx_http_llm_breaker_report(r, a->peer->provider,
+                                ngx_http_llm_attempt_failed(a));
+    a->reported = 1;
 
     retry = (a->status == 529 && (route->retry & NGX_HTTP_LLM_RETRY_529))
             || (a->error && (route->retry & ngx_http_llm_error_bit(a->error)));
