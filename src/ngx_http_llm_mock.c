@@ -6,8 +6,8 @@
  * Replies are deterministic: a fixed text, usage computed from the size
  * of the input.  Streams are sent as SSE events, with a configurable
  * number of content chunks and delay between events.  Request headers
- * inject faults: X-Mock-Status, X-Mock-Delay, X-Mock-Chunks,
- * X-Mock-Chunk-Delay, X-Mock-Stall and X-Mock-Malformed.
+ * inject faults: X-Mock-Status, X-Mock-Retry-After, X-Mock-Delay,
+ * X-Mock-Chunks, X-Mock-Chunk-Delay, X-Mock-Stall and X-Mock-Malformed.
  */
 
 
@@ -36,6 +36,7 @@ typedef struct {
     ngx_uint_t                   step;      /* events sent */
     ngx_uint_t                   nsteps;
     ngx_int_t                    stall;     /* events before a stall */
+    ngx_int_t                    retry_after;   /* seconds, -1: default */
     ngx_msec_t                   delay;
     ngx_msec_t                   head_delay;
 
@@ -305,6 +306,7 @@ ngx_http_llm_mock_prepare(ngx_http_request_t *r,
     mctx->chunks = llcf->mock_chunks;
     mctx->delay = llcf->mock_delay;
     mctx->stall = -1;
+    mctx->retry_after = -1;
 
     ngx_http_llm_mock_faults(r, mctx);
 
@@ -426,7 +428,10 @@ ngx_http_llm_mock_faults(ngx_http_request_t *r, ngx_http_llm_mock_ctx_t *mctx)
             break;
 
         case 11:
-            if (ngx_strncmp(name, "chunk-delay", 11) == 0) {
+            if (ngx_strncmp(name, "retry-after", 11) == 0) {
+                mctx->retry_after = n;
+
+            } else if (ngx_strncmp(name, "chunk-delay", 11) == 0) {
                 mctx->delay = n;
             }
             break;
@@ -896,15 +901,29 @@ ngx_http_llm_mock_fault(ngx_http_request_t *r, ngx_http_llm_mock_ctx_t *mctx)
 
     if (mctx->status) {
 
-        if (mctx->status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        /* a 429 says "Retry-After: 1" unless told otherwise */
+
+        if (mctx->retry_after < 0
+            && mctx->status == NGX_HTTP_TOO_MANY_REQUESTS)
+        {
+            mctx->retry_after = 1;
+        }
+
+        if (mctx->retry_after > 0) {
             h = ngx_list_push(&r->headers_out.headers);
             if (h == NULL) {
                 return NGX_ERROR;
             }
 
+            h->value.data = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+            if (h->value.data == NULL) {
+                return NGX_ERROR;
+            }
+
             h->hash = 1;
             ngx_str_set(&h->key, "Retry-After");
-            ngx_str_set(&h->value, "1");
+            h->value.len = ngx_sprintf(h->value.data, "%i", mctx->retry_after)
+                           - h->value.data;
         }
 
         return ngx_http_llm_send_error(r, mctx->status, "mock_fault", NULL,

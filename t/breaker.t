@@ -32,6 +32,16 @@ http {
     llm_route alone { provider flaky; }
     llm_route kept  { provider sturdy; }
 
+    llm_provider limited { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                           breaker failures=2 cooldown=60s; }
+    llm_route limited { provider limited; }
+
+    llm_provider down1 { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; header X-Mock-Status 503;
+                         breaker failures=1 cooldown=60s; }
+    llm_provider down2 { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; header X-Mock-Status 503;
+                         breaker failures=1 cooldown=60s; }
+    llm_route both { provider down1; provider down2; }
+
     server {
         listen 127.0.0.1:%%PORT_MOCK%%;
         access_log %%DIR%%/mock.log;
@@ -44,6 +54,8 @@ http {
         location /split/v1/ { llm_pass split; }
         location /alone/v1/ { llm_pass alone; }
         location /kept/v1/  { llm_pass kept; }
+        location /limited/v1/ { llm_pass limited; }
+        location /both/v1/  { llm_pass both; }
         location = /status  { llm_status; }
     }
 }
@@ -138,6 +150,52 @@ sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log
     my $b = status()->{breakers}{flaky} // {};
     is($b->{state}, 'open', 'a failed probe opens the breaker at once');
     is($b->{opened}, 3, 'opened three times in all');
+}
+
+# a 429 without Retry-After is one failure; with Retry-After: 1 the breaker
+# opens at once, for a second (not for the 60s cooldown)
+{
+    my $r = chat('limited', 'X-Mock-Status' => 429, 'X-Mock-Retry-After' => 0);
+    is($r->{status}, 429, 'a 429 without Retry-After goes to the client');
+    ok(!defined $r->{headers}{'retry-after'}, 'it has no Retry-After');
+    my $b = status()->{breakers}{limited} // {};
+    is($b->{state}, 'closed', '429 without Retry-After: one failure of 2, still closed');
+    is($b->{failures}, 1, 'one failure counted');
+
+    $r = chat('limited');
+    is($r->{status}, 200, 'a success');
+    is((status()->{breakers}{limited} // {})->{failures}, 0, 'a success resets the failures');
+
+    $r = chat('limited', 'X-Mock-Status' => 429);
+    is($r->{headers}{'retry-after'}, '1', 'a 429 with Retry-After: 1');
+    is((status()->{breakers}{limited} // {})->{state}, 'open', 'Retry-After opens the breaker at once');
+    error_ok(chat('limited'), 503, 'providers_unavailable', 'open: 503 at once');
+
+    sleep 1.2;
+    is(chat('limited')->{status}, 200, 'a second later (not 60s): the probe goes through');
+    is((status()->{breakers}{limited} // {})->{state}, 'closed', 'and closes the breaker');
+}
+
+# both providers of a route down: the first request tries both (the client
+# gets the last 503), then both breakers are open and the answer is an
+# immediate 503 without touching a provider
+{
+    my $r = chat('both', 'X-Test-Id' => 'both-1');
+    is($r->{status}, 503, 'both down: the last provider\'s 503');
+    my $line = wait_for(sub { (grep { /^both-1\|/ } $t->access_log('gw.log'))[0] }, 5) // '';
+    like($line, qr/^both-1\|down\d\|down(1:503,down2|2:503,down1):503\|503$/, 'both were tried');
+
+    my $s = status()->{breakers};
+    is(($s->{down1} // {})->{state}, 'open', 'down1 open');
+    is(($s->{down2} // {})->{state}, 'open', 'down2 open');
+
+    my $before = mock_requests();
+    for (1 .. 3) {
+        $r = chat('both');
+        error_ok($r, 503, 'providers_unavailable', 'both open: 503 providers_unavailable');
+        cmp_ok($r->{headers}{'retry-after'} // 0, '>=', 50, 'Retry-After: when the first breaker may close');
+    }
+    is(mock_requests() - $before, 0, 'no provider was touched');
 }
 
 # a reload keeps the breakers: they live in the zone, not in the workers
