@@ -21,7 +21,7 @@ DEB_BENCH    = wrk
 SRCS = $(wildcard src/*.c src/*.h) config
 
 .PHONY: all build deps deps-test deps-bench test test-unit test-compat \
-        demo demo-stop bench clean install
+        demo demo-stop bench bench-failover clean install
 
 all: build
 
@@ -65,6 +65,9 @@ demo-stop:
 
 bench: build deps-bench
 	@sh bench/run.sh $(CURDIR)/$(MODULE)
+
+bench-failover: build deps-bench
+	@sh bench/failover.sh $(CURDIR)/$(MODULE)
 
 install: build
 	install -D -m 0644 $(MODULE) /usr/lib/nginx/modules/ngx_http_llm_module.so
