@@ -200,6 +200,7 @@ typedef struct {
     unsigned                     used:1;    /* made, or under way */
     unsigned                     repeat:1;  /* of a provider tried before */
     unsigned                     reported:1;    /* to the breaker */
+    unsigned                     failed:1;      /* the provider's fault */
 } ngx_http_llm_attempt_t;
 
 
@@ -219,6 +220,8 @@ enum {
 
 typedef struct {
     uint64_t                     requests;
+    uint64_t                     attempts;      /* with the provider */
+    uint64_t                     attempts_failed;
     uint64_t                     errors[ngx_http_llm_err_n];
     uint64_t                     incomplete;    /* streams cut short */
     uint64_t                     usage[3];      /* by source */

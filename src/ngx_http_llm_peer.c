@@ -312,8 +312,10 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
      */
 
     if (!a->reported && (state & NGX_PEER_FAILED)) {
-        ngx_http_llm_breaker_report(r, a->peer->provider,
-                                    ngx_http_llm_attempt_failed(a));
+        a->failed = ngx_http_llm_attempt_failed(a);
+        a->reported = 1;
+
+        ngx_http_llm_breaker_report(r, a->peer->provider, a->failed);
     }
 
     if (!(state & NGX_PEER_FAILED)) {

@@ -208,13 +208,15 @@ ngx_http_llm_status_section(u_char *p, char *title, ngx_uint_t kind,
 static u_char *
 ngx_http_llm_status_stats(u_char *p, ngx_http_llm_stats_t *st)
 {
-    p = ngx_sprintf(p, "{\"requests\":%uL,\"errors\":{\"client\":%uL,"
+    p = ngx_sprintf(p, "{\"requests\":%uL,"
+                    "\"attempts\":{\"total\":%uL,\"failed\":%uL},"
+                    "\"errors\":{\"client\":%uL,"
                     "\"rate_limited\":%uL,\"provider\":%uL,"
                     "\"unavailable\":%uL,\"aborted\":%uL},"
                     "\"incomplete_streams\":%uL,"
                     "\"usage_source\":{\"provider\":%uL,\"estimated\":%uL,"
                     "\"none\":%uL},",
-                    st->requests,
+                    st->requests, st->attempts, st->attempts_failed,
                     st->errors[ngx_http_llm_err_client],
                     st->errors[ngx_http_llm_err_rate_limited],
                     st->errors[ngx_http_llm_err_provider],

@@ -810,9 +810,10 @@ ngx_http_llm_reply_ready(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     /* the breaker first: the next attempt is chosen as it leaves it */
 
-    ngx_http_llm_breaker_report(r, a->peer->provider,
-                                ngx_http_llm_attempt_failed(a));
+    a->failed = ngx_http_llm_attempt_failed(a);
     a->reported = 1;
+
+    ngx_http_llm_breaker_report(r, a->peer->provider, a->failed);
 
     retry = (a->status == 529 && (route->retry & NGX_HTTP_LLM_RETRY_529))
             || (a->error && (route->retry & ngx_http_llm_error_bit(a->error)));

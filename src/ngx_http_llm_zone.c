@@ -207,8 +207,9 @@ ngx_int_t
 ngx_http_llm_log_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  ttft;
-    ngx_uint_t                 err, lat;
+    ngx_uint_t                 i, err, lat;
     ngx_http_llm_ctx_t        *ctx;
+    ngx_http_llm_attempt_t    *a;
     ngx_http_llm_zone_t       *zone;
     ngx_http_llm_stats_t      *st;
     ngx_http_llm_main_conf_t  *lmcf;
@@ -250,6 +251,35 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
                                     &ctx->upstream_model, r->connection->log);
         if (st) {
             ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
+        }
+    }
+
+    /* every attempt, with the provider that made it */
+
+    for (i = 0; i < ctx->nattempts; i++) {
+        a = &ctx->attempt[i];
+
+        if (!a->used) {
+            continue;
+        }
+
+        zone->sh->total.attempts++;
+        zone->sh->total.attempts_failed += a->failed;
+
+        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
+                                    &a->peer->provider->name,
+                                    r->connection->log);
+        if (st) {
+            st->attempts++;
+            st->attempts_failed += a->failed;
+        }
+
+        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
+                                    a->map ? &a->map->name : &ctx->model,
+                                    r->connection->log);
+        if (st) {
+            st->attempts++;
+            st->attempts_failed += a->failed;
         }
     }
 

@@ -92,6 +92,16 @@ sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log
     my $line = wait_for(sub { (grep { /^skip\|/ } $t->access_log('gw.log'))[0] }, 5) // '';
     like($line, qr/^skip\|good\|good:200\|200$/, 'the open provider is not tried at all');
     is(mock_requests() - $before, 1, 'one request reached the providers');
+
+    # the attempts of every provider, those that failed over too
+    my $st = status();
+    is_deeply($st->{providers}{bad}{attempts}, { total => 2, failed => 2 },
+              'status: the failing provider made 2 attempts, both failed');
+    is($st->{providers}{bad}{requests} // 0, 0, 'and answered no request');
+    is_deeply($st->{providers}{good}{attempts}, { total => 7, failed => 0 },
+              'status: the good provider made 7 attempts, none failed');
+    is_deeply($st->{total}{attempts}, { total => 9, failed => 2 },
+              'status: 9 attempts for 7 requests in all');
 }
 
 # every provider of a route open: 503 at once, without touching a provider
