@@ -24,7 +24,10 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-NGINX=${NGINX:-/usr/sbin/nginx}
+# nginx reads NGINX from its environment (sockets inherited on a binary
+# upgrade): the binary is taken from it, and it is not passed on
+NGINX_BIN=${NGINX:-/usr/sbin/nginx}
+unset NGINX
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
@@ -129,7 +132,7 @@ http {
 }
 EOF
 
-if ! "$NGINX" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
+if ! "$NGINX_BIN" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
     echo "bench: nginx failed to start" >&2
     cat "$TMP/logs/error.log" >&2 || true
     exit 1
@@ -187,7 +190,7 @@ run_wrk() {
 
 TARGETS="direct failover one503 breakers"
 
-echo "bench: nginx $("$NGINX" -v 2>&1 | sed 's/^.*: //'), worker_processes 1;" \
+echo "bench: nginx $("$NGINX_BIN" -v 2>&1 | sed 's/^.*: //'), worker_processes 1;" \
      "wrk -t1 -c1; $ROUNDS rounds x 4 locations x ${DURATION}s" >&2
 for t in $TARGETS; do run_wrk "$t" "$WARMUP" 0; done
 
@@ -226,6 +229,6 @@ awk -v d50="$d50" -v d99="$d99" -v f50="$f50" -v f99="$f99" \
 }'
 echo
 echo "Medians of $ROUNDS interleaved ${DURATION}-second rounds; wrk 1 thread, 1 connection" \
-     "(one request at a time); one nginx $("$NGINX" -v 2>&1 | sed 's/^.*nginx\///') with" \
+     "(one request at a time); one nginx $("$NGINX_BIN" -v 2>&1 | sed 's/^.*nginx\///') with" \
      "worker_processes 1 serving the gateway and a \`return\` provider stand-in on 127.0.0.1;" \
      "$(nproc) cores."

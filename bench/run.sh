@@ -26,7 +26,10 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-NGINX=${NGINX:-/usr/sbin/nginx}
+# nginx reads NGINX from its environment (sockets inherited on a binary
+# upgrade): the binary is taken from it, and it is not passed on
+NGINX_BIN=${NGINX:-/usr/sbin/nginx}
+unset NGINX
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
@@ -184,7 +187,7 @@ http {
 }
 EOF
 
-if ! "$NGINX" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
+if ! "$NGINX_BIN" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
     echo "bench: nginx failed to start" >&2
     cat "$TMP/logs/error.log" >&2 || true
     exit 1
@@ -278,7 +281,7 @@ run_wrk() {
         "$1" "$2" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" >&2
 }
 
-echo "bench: nginx $("$NGINX" -v 2>&1 | sed 's/^.*: //'), worker_processes 1;" \
+echo "bench: nginx $("$NGINX_BIN" -v 2>&1 | sed 's/^.*: //'), worker_processes 1;" \
      "wrk -t1 -c$CONNS; $ROUNDS rounds x 2 modes x 2 targets x ${DURATION}s" >&2
 echo "bench: request body $(printf %s "$REQ_JSON" | wc -c) bytes;" \
      "upstream answers $(wc -c <"$TMP/proxy_json.out") bytes (JSON)," \
@@ -353,5 +356,5 @@ echo
 echo "Medians of $ROUNDS interleaved ${DURATION}-second rounds after a warmup (the requests/s" \
      "ratio is the median of the per-round ratios); wrk 1 thread," \
      "$CONNS keep-alive connections, POST of a $(printf %s "$REQ_JSON" | wc -c)-byte chat request;" \
-     "one nginx $("$NGINX" -v 2>&1 | sed 's/^.*nginx\///') with worker_processes 1 serving both fronts and" \
+     "one nginx $("$NGINX_BIN" -v 2>&1 | sed 's/^.*nginx\///') with worker_processes 1 serving both fronts and" \
      "a \`return 200\` upstream (keepalive 64) on 127.0.0.1; ${cpu:-unknown CPU}, $(nproc) cores."

@@ -483,15 +483,20 @@ static void
 ngx_http_llm_mock_timer_handler(ngx_event_t *ev)
 {
     ngx_int_t                 rc;
+    ngx_connection_t         *c;
     ngx_http_request_t       *r;
     ngx_http_llm_mock_ctx_t  *mctx;
 
     mctx = ev->data;
     r = mctx->request;
 
+    /* the request may be freed below; the connection stays readable */
+
+    c = r->connection;
+
     if (mctx->stalled) {
         ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(r->connection);
+        ngx_http_run_posted_requests(c);
         return;
     }
 
@@ -501,7 +506,7 @@ ngx_http_llm_mock_timer_handler(ngx_event_t *ev)
         ngx_http_finalize_request(r, rc);
     }
 
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 

@@ -333,6 +333,10 @@ ngx_http_llm_reinit_request(ngx_http_request_t *r)
         return NGX_OK;
     }
 
+    /* the header parsers' state, of a header that the last attempt cut */
+
+    r->state = 0;
+
     ngx_memzero(&ctx->status, sizeof(ngx_http_status_t));
     ngx_memzero(&ctx->chunked, sizeof(ngx_http_chunked_t));
 

@@ -16,7 +16,10 @@ set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=${DEMO_PREFIX:-$ROOT/build/demo}
-NGINX=${NGINX:-/usr/sbin/nginx}
+# nginx reads NGINX from its environment (sockets inherited on a binary
+# upgrade): the binary is taken from it, and it is not passed on
+NGINX_BIN=${NGINX:-/usr/sbin/nginx}
+unset NGINX
 GATEWAY=http://127.0.0.1:8080
 
 usage() {
@@ -90,7 +93,7 @@ cp "$ROOT/conf-examples/llm-prices.json" "$PREFIX/llm-prices.json"
 chmod 755 "$PREFIX" "$PREFIX/tmp"
 
 run_nginx() {
-    "$NGINX" -p "$PREFIX/" -c "$PREFIX/nginx.conf" -e "$PREFIX/logs/error.log" "$@"
+    "$NGINX_BIN" -p "$PREFIX/" -c "$PREFIX/nginx.conf" -e "$PREFIX/logs/error.log" "$@"
 }
 
 if ! run_nginx -q -t; then
@@ -115,7 +118,7 @@ until curl -fsS -o /dev/null "$GATEWAY/healthz" 2>/dev/null; do
 done
 
 pid=$(demo_pid) || pid="?"
-echo "nginx-llm-gateway demo: $("$NGINX" -v 2>&1 | sed 's/^.*: //') (pid $pid), prefix $PREFIX"
+echo "nginx-llm-gateway demo: $("$NGINX_BIN" -v 2>&1 | sed 's/^.*: //') (pid $pid), prefix $PREFIX"
 echo "  gateway  $GATEWAY/v1  ->  llm_mock on http://127.0.0.1:8081/v1"
 echo
 

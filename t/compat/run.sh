@@ -23,7 +23,10 @@ cd "$(dirname "$0")"
 HERE=$(pwd)
 
 MODULE=${LLM_MODULE:-../../build/nginx/objs/ngx_http_llm_module.so}
-NGINX=${NGINX:-/usr/sbin/nginx}
+# nginx reads NGINX from its environment (sockets inherited on a binary
+# upgrade): the binary is taken from it, and it is not passed on
+NGINX_BIN=${NGINX:-/usr/sbin/nginx}
+unset NGINX
 
 case $MODULE in
     /*) ;;
@@ -155,7 +158,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if ! "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
+if ! "$NGINX_BIN" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
     echo "run.sh: nginx failed to start; error log:" >&2
     cat "$TMP/logs/error.log" >&2 || true
     exit 1
@@ -181,7 +184,7 @@ until node -e '
     sleep 0.1
 done
 
-echo "run.sh: nginx $("$NGINX" -v 2>&1 | sed 's/.*: //') with $MODULE"
+echo "run.sh: nginx $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') with $MODULE"
 echo "run.sh: gateway http://127.0.0.1:$PORT/v1 -> llm_mock on 127.0.0.1:$PORT2"
 echo "run.sh: openai SDK $(node -p 'require("./package-lock.json").packages["node_modules/openai"].version'), node $(node -v)"
 

@@ -45,7 +45,10 @@ use LLMTest::FakeProvider;
 our @EXPORT = (@LLMTest::HTTP::EXPORT_OK, qw(error_ok json_ok mock_text sse_response
     ceil4 wait_for));
 
-our $NGINX = $ENV{NGINX} // '/usr/sbin/nginx';
+# nginx reads NGINX from its environment (sockets inherited on a binary
+# upgrade, and then it does not daemonize): the binary is taken from it, and
+# it is not passed on
+our $NGINX = delete $ENV{NGINX} // '/usr/sbin/nginx';
 our $MOCK_TEXT = 'This is a mock response from the llm_mock provider of nginx-llm-gateway.';
 
 sub default_module {
