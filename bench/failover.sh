@@ -21,55 +21,15 @@
 # Environment: ROUNDS (5), DURATION (3), WARMUP (1), NGINX (/usr/sbin/nginx),
 #              KEEP_TMP=1 keeps the temp prefix.
 
-set -eu
+. "$(dirname "$0")/lib.sh"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# nginx reads NGINX from its environment (sockets inherited on a binary
-# upgrade): the binary is taken from it, and it is not passed on
-NGINX_BIN=${NGINX:-/usr/sbin/nginx}
-unset NGINX
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
 
-[ $# -eq 1 ] || { echo "usage: $0 MODULE_PATH" >&2; exit 2; }
-case $1 in
-    /*) MODULE=$1 ;;
-    *)  MODULE=$(pwd)/$1 ;;
-esac
-[ -f "$MODULE" ] || { echo "bench: module not found: $MODULE (run 'make build')" >&2; exit 1; }
-
-command -v wrk >/dev/null 2>&1 || sh "$ROOT/tools/deps.sh" wrk
-command -v curl >/dev/null 2>&1 || sh "$ROOT/tools/deps.sh" curl
-
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-                                      Proto => "tcp", Listen => 1, ReuseAddr => 1)
-            or die "free_port: $!\n";
-        print $s->sockport, "\n";'
-}
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/llm-bench.XXXXXX")
-chmod 755 "$TMP"
-mkdir -p "$TMP/logs" "$TMP/tmp"
-
 P_UP=$(free_port)
 P_LLM=$(free_port)
 while [ "$P_LLM" = "$P_UP" ]; do P_LLM=$(free_port); done
-
-cleanup() {
-    if [ -f "$TMP/logs/nginx.pid" ]; then
-        pid=$(cat "$TMP/logs/nginx.pid")
-        kill -QUIT "$pid" 2>/dev/null || true
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    if [ "${KEEP_TMP:-}" = 1 ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 OK_BODY='{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1730000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Short and fixed.\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":4,\"total_tokens\":24}}\n'
 DOWN_BODY='{\"error\":{\"message\":\"The server is overloaded.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n'
@@ -132,17 +92,7 @@ http {
 }
 EOF
 
-if ! "$NGINX_BIN" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
-    echo "bench: nginx failed to start" >&2
-    cat "$TMP/logs/error.log" >&2 || true
-    exit 1
-fi
-i=0
-until curl -s -o /dev/null "http://127.0.0.1:$P_LLM/" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -lt 50 ] || { echo "bench: nginx does not answer" >&2; exit 1; }
-    sleep 0.1
-done
+start_nginx "$P_LLM"
 
 REQ='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say something short."}]}'
 
@@ -168,13 +118,6 @@ grep -q providers_unavailable "$TMP/out" && [ "$code" = 503 ] || {
 
 RESULTS=$TMP/results     # lines: target p50_ms p99_ms
 : >"$RESULTS"
-
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-        printf "%.3f", n }'
-}
 
 run_wrk() {
     # $1 target, $2 seconds, $3 record (1|0)
@@ -202,18 +145,15 @@ while [ $r -le "$ROUNDS" ]; do
     r=$((r + 1))
 done
 
-median() {
+median_of() {
     # $1 target $2 column (2 p50, 3 p99)
-    awk -v t="$1" -v c="$2" '$1 == t { print $c }' "$RESULTS" |
-        sort -g | awk '{ v[NR] = $1 } END {
-            if (NR == 0) { print "nan"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    awk -v t="$1" -v c="$2" '$1 == t { print $c }' "$RESULTS" | median
 }
 
-d50=$(median direct 2); d99=$(median direct 3)
-f50=$(median failover 2); f99=$(median failover 3)
-o50=$(median one503 2); o99=$(median one503 3)
-b50=$(median breakers 2); b99=$(median breakers 3)
+d50=$(median_of direct 2); d99=$(median_of direct 3)
+f50=$(median_of failover 2); f99=$(median_of failover 3)
+o50=$(median_of one503 2); o99=$(median_of one503 3)
+b50=$(median_of breakers 2); b99=$(median_of breakers 3)
 
 echo
 echo "| request | attempts | p50 latency | p99 latency |"

@@ -23,58 +23,18 @@
 # Environment: ROUNDS (5), DURATION (5), WARMUP (2), CONNS (32),
 #              NGINX (/usr/sbin/nginx), KEEP_TMP=1 keeps the temp prefix.
 
-set -eu
+. "$(dirname "$0")/lib.sh"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# nginx reads NGINX from its environment (sockets inherited on a binary
-# upgrade): the binary is taken from it, and it is not passed on
-NGINX_BIN=${NGINX:-/usr/sbin/nginx}
-unset NGINX
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-32}
-
-[ $# -eq 1 ] || { echo "usage: $0 MODULE_PATH" >&2; exit 2; }
-case $1 in
-    /*) MODULE=$1 ;;
-    *)  MODULE=$(pwd)/$1 ;;
-esac
-[ -f "$MODULE" ] || { echo "bench: module not found: $MODULE (run 'make build')" >&2; exit 1; }
-
-command -v wrk >/dev/null 2>&1 || sh "$ROOT/tools/deps.sh" wrk
-command -v curl >/dev/null 2>&1 || sh "$ROOT/tools/deps.sh" curl
-
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-                                      Proto => "tcp", Listen => 1, ReuseAddr => 1)
-            or die "free_port: $!\n";
-        print $s->sockport, "\n";'
-}
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/llm-bench.XXXXXX")
-chmod 755 "$TMP"
-mkdir -p "$TMP/logs" "$TMP/tmp"
 
 P_UP=$(free_port)
 P_PROXY=$(free_port)
 P_LLM=$(free_port)
 while [ "$P_PROXY" = "$P_UP" ]; do P_PROXY=$(free_port); done
 while [ "$P_LLM" = "$P_UP" ] || [ "$P_LLM" = "$P_PROXY" ]; do P_LLM=$(free_port); done
-
-cleanup() {
-    if [ -f "$TMP/logs/nginx.pid" ]; then
-        pid=$(cat "$TMP/logs/nginx.pid")
-        kill -QUIT "$pid" 2>/dev/null || true
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    if [ "${KEEP_TMP:-}" = 1 ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # --- the fixed upstream answers ----------------------------------------
 # (nginx config strings: \" and \n are escapes; $ must not appear)
@@ -187,17 +147,7 @@ http {
 }
 EOF
 
-if ! "$NGINX_BIN" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
-    echo "bench: nginx failed to start" >&2
-    cat "$TMP/logs/error.log" >&2 || true
-    exit 1
-fi
-i=0
-until curl -s -o /dev/null "http://127.0.0.1:$P_LLM/" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -lt 50 ] || { echo "bench: nginx does not answer" >&2; exit 1; }
-    sleep 0.1
-done
+start_nginx "$P_LLM"
 
 # --- the request: a ~1 KB chat completion request ------------------------
 
@@ -253,14 +203,6 @@ grep -q 'data: \[DONE\]' "$TMP/llm_sse.out" || {
 RESULTS=$TMP/results     # lines: mode target rps p50_ms p99_ms
 : >"$RESULTS"
 
-to_ms() {
-    # wrk latency: 812.00us, 1.23ms, 1.02s, 2.00m
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
-        printf "%.3f", n }'
-}
-
 run_wrk() {
     # $1 mode (json|sse) $2 target (proxy|llm) $3 seconds $4 record (1|0)
     case $1 in json) path=/v1/chat/completions ;; sse) path=/sse/v1/chat/completions ;; esac
@@ -310,12 +252,9 @@ fi
 
 # --- report ---------------------------------------------------------------
 
-median() {
+median_of() {
     # $1 mode $2 target $3 column (3 rps, 4 p50, 5 p99)
-    awk -v m="$1" -v t="$2" -v c="$3" '$1 == m && $2 == t { print $c }' "$RESULTS" |
-        sort -g | awk '{ v[NR] = $1 } END {
-            if (NR == 0) { print "nan"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    awk -v m="$1" -v t="$2" -v c="$3" '$1 == m && $2 == t { print $c }' "$RESULTS" | median
 }
 
 paired_ratio() {
@@ -341,8 +280,8 @@ echo "| mode | front | requests/s | p50 latency | p99 latency |"
 echo "|---|---|---:|---:|---:|"
 for m in json sse; do
     case $m in json) label="non-streaming" ;; sse) label="streaming (10 SSE events)" ;; esac
-    prps=$(median $m proxy 3); pp50=$(median $m proxy 4); pp99=$(median $m proxy 5)
-    lrps=$(median $m llm 3);   lp50=$(median $m llm 4);   lp99=$(median $m llm 5)
+    prps=$(median_of $m proxy 3); pp50=$(median_of $m proxy 4); pp99=$(median_of $m proxy 5)
+    lrps=$(median_of $m llm 3);   lp50=$(median_of $m llm 4);   lp99=$(median_of $m llm 5)
     ratio=$(paired_ratio $m)
     awk -v label="$label" -v prps="$prps" -v pp50="$pp50" -v pp99="$pp99" \
         -v lrps="$lrps" -v lp50="$lp50" -v lp99="$lp99" -v ratio="$ratio" 'BEGIN {

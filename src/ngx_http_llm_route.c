@@ -407,6 +407,7 @@ ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_int_t              n;
     ngx_str_t             *value, s;
+    ngx_msec_t             ms;
     ngx_uint_t             i;
     ngx_http_llm_retry_t  *t;
 
@@ -441,31 +442,25 @@ ngx_http_llm_route_retry(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0
+            || ngx_strncmp(value[i].data, "backoff=", 8) == 0)
+        {
             s.data = value[i].data + 8;
             s.len = value[i].len - 8;
 
-            route->timeout = ngx_parse_time(&s, 0);
+            ms = ngx_parse_time(&s, 0);
 
-            if (route->timeout == (ngx_msec_t) NGX_ERROR) {
+            if (ms == (ngx_msec_t) NGX_ERROR) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
-            continue;
-        }
+            if (value[i].data[0] == 't') {
+                route->timeout = ms;
 
-        if (ngx_strncmp(value[i].data, "backoff=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
-
-            route->backoff = ngx_parse_time(&s, 0);
-
-            if (route->backoff == (ngx_msec_t) NGX_ERROR) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid \"%V\"", &value[i]);
-                return NGX_CONF_ERROR;
+            } else {
+                route->backoff = ms;
             }
 
             continue;
