@@ -90,15 +90,17 @@ invalid:
 
 
 /*
- * May the request use the provider?  A half-open breaker lets the first
- * request through as its probe; *retry is when an open one may be tried.
+ * May the request use the provider?  NGX_OK: yes; NGX_DONE: yes, as the
+ * probe of the breaker, whose cooldown is over (with "probe", the request
+ * takes the probe: the breaker is half-open, and the others wait);
+ * NGX_DECLINED: no, and *retry is when it may be tried.
  */
 
-ngx_uint_t
+ngx_int_t
 ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
-    ngx_msec_t *retry)
+    ngx_msec_t *retry, ngx_uint_t probe)
 {
-    ngx_uint_t                 allow;
+    ngx_int_t                  allow;
     ngx_http_llm_zone_t       *zone;
     ngx_http_llm_breaker_t    *b;
     ngx_http_llm_main_conf_t  *lmcf;
@@ -106,11 +108,11 @@ ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
     lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
 
     if (lmcf->zone == NULL || p->breaker_failures == 0) {
-        return 1;
+        return NGX_OK;
     }
 
     zone = lmcf->zone->data;
-    allow = 1;
+    allow = NGX_OK;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -120,54 +122,27 @@ ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
         if ((ngx_msec_int_t) (ngx_current_msec - b->until) < 0) {
             /* open, or a probe is under way */
-            allow = 0;
+            allow = NGX_DECLINED;
             *retry = b->until - ngx_current_msec;
 
-        } else {
+        } else if (probe) {
             /* the cooldown is over (or the probe never told): a probe */
             b->state = NGX_HTTP_LLM_HALF_OPEN;
             b->until = ngx_current_msec + p->breaker_cooldown;
+            allow = NGX_DONE;
 
             ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                           "llm provider \"%V\": breaker half-open, probing",
                           &p->name);
+
+        } else {
+            allow = NGX_DONE;
         }
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return allow;
-}
-
-
-/* is the provider's breaker open now (a half-open one is not)? */
-
-ngx_uint_t
-ngx_http_llm_breaker_is_open(ngx_http_request_t *r, ngx_http_llm_provider_t *p)
-{
-    ngx_uint_t                 open;
-    ngx_http_llm_zone_t       *zone;
-    ngx_http_llm_breaker_t    *b;
-    ngx_http_llm_main_conf_t  *lmcf;
-
-    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
-
-    if (lmcf->zone == NULL || p->breaker_failures == 0) {
-        return 0;
-    }
-
-    zone = lmcf->zone->data;
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    b = ngx_http_llm_breaker_find(zone->sh, &p->name, 0);
-
-    open = (b && b->state == NGX_HTTP_LLM_OPEN
-            && (ngx_msec_int_t) (ngx_current_msec - b->until) < 0);
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    return open;
 }
 
 

@@ -176,6 +176,7 @@ ngx_http_llm_peer_get(ngx_peer_connection_t *pc, void *data)
     ngx_http_llm_peer_t *lp = data;
 
     ngx_int_t            rc;
+    ngx_msec_t           wait;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = lp->ctx;
@@ -187,6 +188,22 @@ ngx_http_llm_peer_get(ngx_peer_connection_t *pc, void *data)
             /* the last attempt failed: the next one */
 
             lp->next = 0;
+
+            /*
+             * its breaker: the probe is taken if the cooldown is over; a
+             * provider whose breaker opened meanwhile, or that another
+             * request probes, is passed over
+             */
+
+            while (ctx->next >= 0
+                   && ngx_http_llm_breaker_allow(lp->request,
+                                   ctx->attempt[ctx->next].peer->provider,
+                                   &wait, 1)
+                      == NGX_DECLINED)
+            {
+                ctx->current = ctx->next;
+                ctx->next = ngx_http_llm_next_attempt(lp->request, ctx);
+            }
 
             if (ctx->next < 0) {
                 return NGX_BUSY;

@@ -41,6 +41,8 @@ static char *ngx_http_llm_route_sticky(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_http_llm_route_peer_t *ngx_http_llm_sticky_peer(
     ngx_http_request_t *r, ngx_http_llm_route_t *route, u_char *serves);
+static ngx_int_t ngx_http_llm_plan(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_uint_t ngx_http_llm_serves(ngx_http_llm_route_peer_t *peer,
     ngx_uint_t endpoint, ngx_str_t *model, ngx_http_llm_model_t **map);
 static ngx_uint_t ngx_http_llm_fits(ngx_http_request_t *r,
@@ -648,13 +650,50 @@ ngx_http_llm_route_peer_conf(ngx_conf_t *cf, ngx_http_llm_route_t *route,
 ngx_int_t
 ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    ngx_int_t    rc;
+    ngx_uint_t   n;
+    ngx_msec_t   wait;
+
+    for (n = 0; /* void */; n++) {
+
+        rc = ngx_http_llm_plan(r, ctx);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        /*
+         * the first attempt takes the probe of its provider's breaker if
+         * the cooldown is over; if another request (of any worker) took it
+         * since the plan was made, the plan is made again without it
+         */
+
+        if (ngx_http_llm_breaker_allow(r,
+                                   ctx->attempt[ctx->current].peer->provider,
+                                   &wait, 1)
+            != NGX_DECLINED
+            || n == ctx->route->peers.nelts)
+        {
+            break;
+        }
+    }
+
+    ngx_http_llm_use_attempt(r, ctx);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_plan(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
     ngx_int_t                   total;
     ngx_uint_t                  i, j, n, max, serves, fit, unfit, context;
     ngx_msec_t                  retry, wait;
     ngx_http_llm_model_t       *m, *map[NGX_HTTP_LLM_ROUTE_PEERS];
     ngx_http_llm_route_t       *route;
     ngx_http_llm_attempt_t     *a;
-    ngx_http_llm_route_peer_t  *peer, *best, *sticky;
+    ngx_http_llm_route_peer_t  *peer, *best, *sticky, *probe;
     u_char                      ok[NGX_HTTP_LLM_ROUTE_PEERS];
     u_char                      serving[NGX_HTTP_LLM_ROUTE_PEERS];
 
@@ -666,6 +705,7 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     serves = 0;
     retry = 0;
     context = 0;
+    probe = NULL;
 
     for (i = 0; i < route->peers.nelts; i++) {
 
@@ -684,12 +724,27 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
         serves++;
 
-        if (!ngx_http_llm_breaker_allow(r, peer[i].provider, &wait)) {
+        switch (ngx_http_llm_breaker_allow(r, peer[i].provider, &wait, 0)) {
+
+        case NGX_DECLINED:
             ok[i] = 0;
 
             if (retry == 0 || wait < retry) {
                 retry = wait;
             }
+
+            break;
+
+        case NGX_DONE:
+            /* the cooldown is over: it is probed first, or it waits */
+            if (probe == NULL) {
+                probe = &peer[i];
+            }
+
+            break;
+
+        default: /* NGX_OK */
+            break;
         }
     }
 
@@ -748,6 +803,17 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         if (sticky && ok[sticky - peer] == 1) {
             best = sticky;
             m = map[sticky - peer];
+        }
+
+        /*
+         * a provider whose cooldown is over is tried first, as the probe
+         * of its breaker: else the probe might never be made, and the
+         * breaker would wait another cooldown
+         */
+
+        if (probe && ok[probe - peer] == 1 && !probe->fallback) {
+            best = probe;
+            m = map[probe - peer];
         }
 
         a[0].peer = best;
@@ -830,8 +896,6 @@ ngx_http_llm_plan_attempts(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->nattempts = j;
     ctx->next = -1;
 
-    ngx_http_llm_use_attempt(r, ctx);
-
     return NGX_OK;
 }
 
@@ -903,7 +967,8 @@ ngx_http_llm_next_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         }
 
         if (ctx->context
-            && ngx_http_llm_breaker_is_open(r, a->peer->provider))
+            && ngx_http_llm_breaker_allow(r, a->peer->provider, &wait, 0)
+               == NGX_DECLINED)
         {
             continue;
         }
@@ -923,7 +988,9 @@ ngx_http_llm_next_attempt(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
             if (last) {
                 if (!ngx_http_llm_transient(last)
-                    || ngx_http_llm_breaker_is_open(r, a->peer->provider))
+                    || ngx_http_llm_breaker_allow(r, a->peer->provider,
+                                                  &wait, 0)
+                       == NGX_DECLINED)
                 {
                     continue;
                 }

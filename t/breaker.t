@@ -13,6 +13,16 @@ use Time::HiRes qw(sleep);
 
 my $t = LLMTest->new(workers => 2);
 
+# a provider that fails until the test says it has recovered
+my $recovered = $t->dir . '/recovered';
+$t->fake_provider(port => $t->port('FAKE'), handler => sub {
+    my $ok = -e $recovered;
+    return [ [ send => LLMTest::FakeProvider::http_response(
+        status => $ok ? 200 : 503, headers => [ 'Content-Type' => 'application/json' ],
+        body => $ok ? '{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'
+                    : '{"error":{"message":"down","type":"server_error","param":null,"code":null}}') ] ];
+});
+
 $t->run(<<'CONF');
 http {
     llm_zone llm 1m;
@@ -42,6 +52,11 @@ http {
                          breaker failures=1 cooldown=60s; }
     llm_route both { provider down1; provider down2; }
 
+    llm_provider recov { url http://127.0.0.1:%%PORT_FAKE%%/v1; key k;
+                         breaker failures=1 cooldown=1s; }
+    llm_provider good3 { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; }
+    llm_route recover { provider recov; provider good3; }
+
     server {
         listen 127.0.0.1:%%PORT_MOCK%%;
         access_log %%DIR%%/mock.log;
@@ -56,6 +71,7 @@ http {
         location /kept/v1/  { llm_pass kept; }
         location /limited/v1/ { llm_pass limited; }
         location /both/v1/  { llm_pass both; }
+        location /recover/v1/ { llm_pass recover; }
         location = /status  { llm_status; }
     }
 }
@@ -206,6 +222,27 @@ sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log
         cmp_ok($r->{headers}{'retry-after'} // 0, '>=', 50, 'Retry-After: when the first breaker may close');
     }
     is(mock_requests() - $before, 0, 'no provider was touched');
+}
+
+# after the cooldown, the next request probes the provider first, whatever
+# the weighted split would pick: the provider is back at once
+for my $round (1 .. 3) {
+    unlink $recovered;
+    for my $i (1 .. 4) {
+        last if ((status()->{breakers}{recov} // {})->{state} // '') eq 'open';
+        chat('recover');
+    }
+    is((status()->{breakers}{recov} // {})->{state}, 'open', "round $round: the failing provider's breaker is open");
+
+    open my $fh, '>', $recovered or die; close $fh;
+    sleep 1.2;
+
+    my $r = chat('recover', 'X-Test-Id' => "recover-$round");
+    is($r->{status}, 200, "round $round: after the cooldown: 200");
+    my $line = wait_for(sub { (grep { /^recover-$round\|/ } $t->access_log('gw.log'))[0] }, 5) // '';
+    like($line, qr/^recover-$round\|recov\|recov:200\|200$/,
+         "round $round: the first request after the cooldown probes the provider first");
+    is((status()->{breakers}{recov} // {})->{state}, 'closed', "round $round: and closes its breaker");
 }
 
 # a reload keeps the breakers: they live in the zone, not in the workers

@@ -386,8 +386,11 @@ sub http_response {
 }
 
 END {
-    # only the process that created the daemons stops them
-    for my $fp (@ALL) { $fp->stop if $fp->{pid} && $$ != $fp->{pid} }
+    # only the process that created the daemons stops them (not a test's
+    # forked child), and its exit status stays as it was
+    my $status = $?;
+    for my $fp (@ALL) { $fp->stop if $fp->{pid} && $$ == $fp->{parent} }
+    $? = $status;
 }
 
 1;
