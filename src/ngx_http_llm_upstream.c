@@ -1253,11 +1253,29 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    if (ctx && ctx->backoff.timer_set) {
+    if (ctx == NULL) {
+        return;
+    }
+
+    if (ctx->backoff.timer_set) {
         ngx_del_timer(&ctx->backoff);
     }
 
-    if (ctx == NULL || !ctx->sse_reply || ctx->done
+    /*
+     * a reply the provider broke off after it had begun (a reset, a
+     * timeout, a cut, an invalid chunk) is a failure of the provider's,
+     * for its breaker too
+     */
+
+    if (r->upstream->header_sent && !ctx->done && !r->connection->error
+        && (rc == NGX_ERROR || rc >= NGX_HTTP_INTERNAL_SERVER_ERROR)
+        && ctx->nattempts)
+    {
+        ctx->attempt[ctx->current].failed = 1;
+        ngx_http_llm_breaker_report(r, ctx->provider, 1);
+    }
+
+    if (!ctx->sse_reply || ctx->done
         || !r->upstream->header_sent || r->connection->error
         || (rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE)
         || rc == NGX_HTTP_CLIENT_CLOSED_REQUEST)

@@ -24,7 +24,17 @@ my %fault = (
     stall_header => [ [ stall => 5 ] ],
     stall_body   => [ [ send => $SSE_HEAD . "Transfer-Encoding: chunked\r\n\r\n" ], [ stall => 5 ] ],
     cut_header   => [ [ send => "HTTP/1.1 200 OK\r\nContent-Ty" ], [ 'close' ] ],
+    # a reply broken off once it has begun: no failover, but a failure
+    cut_stream   => [ [ send => $SSE_HEAD . "Transfer-Encoding: chunked\r\n\r\n"
+                                . chunk('data: {"id":"c1","object":"chat.completion.chunk","choices":'
+                                        . '[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}' . "\n\n") ],
+                      [ sleep => 0.2 ], [ 'reset' ] ],
+    cut_body     => [ [ send => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                . "Content-Length: 200\r\n\r\n" . '{"id":"chatcmpl-1","choices":[' ],
+                      [ sleep => 0.2 ], [ 'close' ] ],
 );
+
+sub chunk { sprintf("%x\r\n%s\r\n", length $_[0], $_[0]) }
 
 $t->fake_provider(port => $t->port('FAKE'), handler => sub {
     my ($req) = @_;
@@ -57,13 +67,19 @@ my @stream_cases = (
     [ st_503       => 'url http://127.0.0.1:%%PORT_MOCK%%/v1; header X-Mock-Status 503;', 503 ],
 );
 
+# replies broken off after they began: too late to fail over
+my @cut_cases = (
+    [ cut_stream   => 'url http://127.0.0.1:%%PORT_FAKE%%/v1; header X-Fault cut_stream;', 1 ],
+    [ cut_body     => 'url http://127.0.0.1:%%PORT_FAKE%%/v1; header X-Fault cut_body;', 0 ],
+);
+
 my $providers = join "\n", map {
     "    llm_provider $_->[0] { $_->[1] key k; breaker failures=1 cooldown=60s; }\n"
     . "    llm_route $_->[0] { provider $_->[0] weight=100; provider good; }"
-} @cases, @stream_cases;
+} @cases, @stream_cases, @cut_cases;
 
 my $locations = join "\n", map { "        location /$_->[0]/v1/ { llm_pass $_->[0]; }" }
-                           @cases, @stream_cases;
+                           @cases, @stream_cases, @cut_cases;
 
 $t->run(<<"CONF");
 http {
@@ -140,6 +156,32 @@ for my $c (@cases, @stream_cases) {
     is_deeply($st->{total}{attempts}, { total => 2 * $n, failed => $n },
               "status: $n failed attempts of " . 2 * $n);
     is($st->{providers}{good}{requests}, $n, "status: the good provider answered all $n requests");
+}
+
+# a reply broken off after it began goes to the client as far as it came
+# (a stream ends with an error event): it is the provider's failure, for
+# its breaker and on the status page
+for my $c (@cut_cases) {
+    my ($name, undef, $stream) = @$c;
+
+    my $r = chat($name, $stream);
+    is($r->{status}, 200, "$name: the reply had begun: 200");
+    is($r->{headers}{'x-llm-attempts'}, "$name:200", "$name: one attempt, too late to fail over");
+
+    if ($stream) {
+        like($r->{body}, qr/"content":"Hel".*\n\ndata: \{"error":\{.*"code":"provider_stream_error"\}\}\n\n\z/s,
+             "$name: what came, then an error event");
+        like(log_line($name), qr/^\Q$name\E\|\Q$name\E\|1\|\Q$name\E:200\|200\|provider_stream_error$/,
+             "$name: logged with provider_stream_error");
+    } else {
+        ok(length($r->{body} // '') < 200, "$name: the client does not get a whole body");
+    }
+
+    is(breaker($name)->{state}, 'open', "$name: the breaker counted the failure and is open");
+
+    my $st = json_decode(http_request(port => $gw, path => '/status')->{body}) // {};
+    is_deeply($st->{providers}{$name}{attempts}, { total => 1, failed => 1 },
+              "$name: status: one attempt, failed");
 }
 
 $t->finish;
