@@ -1261,6 +1261,14 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
         ngx_del_timer(&ctx->backoff);
     }
 
+    /* a client that went away before the end: the log says so */
+
+    if ((rc == NGX_HTTP_CLIENT_CLOSED_REQUEST || r->connection->error)
+        && ctx->error.len == 0)
+    {
+        ngx_str_set(&ctx->error, "client_closed_request");
+    }
+
     /*
      * a reply the provider broke off after it had begun (a reset, a
      * timeout, a cut, an invalid chunk) is a failure of the provider's,

@@ -245,8 +245,8 @@ for my $case ([ 'idle-after-one', 'provider idle after the first event' ],
     like($l, qr/^(eof|send_failed) /, "client disconnect ($name): the provider connection is closed");
     my ($when) = $l =~ / t=([\d.]+)/;
     cmp_ok(($when // 1e10) - $closed, '<', 3, "client disconnect ($name): within 3s of the client closing");
-    like(log_line("disconnect-$model"), qr/^disconnect-\Q$model\E\|raw\|/,
-         "client disconnect ($name): request logged");
+    like(log_line("disconnect-$model"), qr/^disconnect-\Q$model\E\|raw\|client_closed_request\|/,
+         "client disconnect ($name): logged with \$llm_error client_closed_request");
 }
 
 # the gateway still works after all of this

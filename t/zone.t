@@ -301,6 +301,10 @@ sub check_against_log {
     my %aborted = map { $_ => 1 } grep { $SENT{$_} eq 'abort' } keys %SENT;
     $_->{aborted} = $aborted{$_->{req}} for @lines;
 
+    my @cut = grep { $_->{aborted} && $_->{status} == 200 } @lines;
+    is(scalar(grep { $_->{error} ne 'client_closed_request' } @cut), 0,
+       "$label: the " . @cut . ' streams the client left are logged with client_closed_request');
+
     is_deeply(flat($st->{total}, 1), flat(sums(@lines), 1),
               "$label: total = the sums over the access log (requests, error classes, incomplete streams, "
               . 'usage sources, five token counters, exact cost, unpriced)');
