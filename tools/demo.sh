@@ -148,6 +148,11 @@ show curl -sS -N "$GATEWAY/v1/chat/completions" \
     -H 'Authorization: Bearer any-client-key' \
     -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello, gateway!"}]}'
 
+echo "--- failover: the first provider of the route answers 503, the next one 200"
+show curl -sS -D - -o /dev/null "$GATEWAY/failover/v1/chat/completions" \
+    -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway!"}]}'
+
 # the log line is written when the request is finalized
 sleep 0.3
 echo "--- $PREFIX/logs/access.log: the cost log, a JSON line per request"
