@@ -63,4 +63,33 @@ SKIP: {
     unlike($out, qr/\[(warn|emerg)\]/, 'without warnings');
 }
 
+# the configurations in the README: the synopsis (a whole nginx.conf) and
+# the fragments of http{} (put in one)
+{
+    my $readme = slurp("$root/README.md");
+    my @blocks = $readme =~ /^```nginx\n(.*?)^```/msg;
+    my $n = 0;
+
+    for my $block (grep { /llm_(provider|route|pass)/ } @blocks) {
+        $n++;
+        my $conf = $block;
+        if ($conf =~ /load_module/) {
+            $conf =~ s{load_module modules/ngx_http_llm_module.so;}{load_module $module;\nevents {}};
+        } else {
+            $conf = "load_module $module;\nevents {}\nhttp {\n$conf\n}\n";
+        }
+        $conf =~ s{https://api\.[a-z]+\.com/v1}{https://127.0.0.1:9/v1}g;
+        $conf =~ s{/etc/nginx/llm-prices.json}{$root/conf-examples/llm-prices.json}g;
+        $conf =~ s{/var/log/nginx/}{$dir/logs/}g;
+        $conf =~ s{listen\s+(\d+);}{'listen 127.0.0.1:' . $t->port("R$n$1") . ';'}ge;
+
+        my ($rc, $out) = nginx_t_file("readme-$n.conf", $conf,
+                                      OPENAI_API_KEY => 'sk-test', DEEPSEEK_API_KEY => 'sk-test');
+        my ($first) = $block =~ /^\s*(\S[^\n]*)/;
+        is($rc, 0, "README configuration $n ($first ...) passes nginx -t") or diag($out);
+    }
+
+    cmp_ok($n, '>=', 2, 'the README has the synopsis and the failover example');
+}
+
 done_testing;
