@@ -6,15 +6,19 @@
 # One nginx (worker_processes 1: on this 2-core machine nginx gets one core
 # and wrk the other) serves three things on 127.0.0.1:
 #   - the upstream: `return 200` with a fixed chat.completion JSON (~0.5 KB)
-#     on /v1/chat/completions, and a fixed 10-event SSE stream, sent
-#     chunked as providers send streams (~2.5 KB,
-#     role chunk, 7 content chunks, finish chunk, usage chunk, [DONE]) on
-#     /sse/v1/chat/completions; the cheapest possible provider, so that the
-#     numbers show the cost of the front server;
+#     on /v1/chat/completions, and a fixed SSE stream, sent chunked as
+#     providers send streams (role chunk, 7 content chunks, finish chunk,
+#     [DONE]; ~2.3 KB) on /sse/v1/chat/completions; the same as OpenAI
+#     streams it when the usage is asked for (stream_options.include_usage,
+#     as the gateway asks): "usage":null in every chunk and a usage chunk
+#     (~2.6 KB) on /sse-usage/v1/chat/completions; the cheapest possible
+#     provider, so that the numbers show the cost of the front server;
 #   - proxy:  proxy_pass http://bench_up  (upstream{} with keepalive,
-#             proxy_http_version 1.1, Connection "")
-#   - llm:    llm_pass, llm_provider url http://bench_up/v1 (resp. /sse/v1),
-#             i.e. the same upstream{} block with the same keepalive.
+#             proxy_http_version 1.1, Connection "") to /v1 and /sse/v1;
+#   - llm:    llm_pass, llm_provider url http://bench_up/v1 (resp.
+#             /sse-usage/v1), i.e. the same upstream{} block with the same
+#             keepalive; it reads the usage and removes it from the stream,
+#             so that both fronts give the client the same bytes.
 # wrk (1 thread, CONNS connections) POSTs a ~1 KB chat request, without and
 # with "stream": true, to both fronts: ROUNDS interleaved rounds of DURATION
 # seconds per front and mode after a warmup; prints the medians over the
@@ -44,20 +48,29 @@ MODEL='gpt-4o-mini-2024-07-18'
 JSON_BODY="{\\\"id\\\":\\\"$ID\\\",\\\"object\\\":\\\"chat.completion\\\",\\\"created\\\":1730000000,\\\"model\\\":\\\"$MODEL\\\",\\\"system_fingerprint\\\":\\\"fp_0123456789\\\",\\\"choices\\\":[{\\\"index\\\":0,\\\"message\\\":{\\\"role\\\":\\\"assistant\\\",\\\"content\\\":\\\"The quick brown fox jumps over the lazy dog. Benchmarks measure the gateway, not the model, so this answer is short and fixed.\\\",\\\"refusal\\\":null},\\\"logprobs\\\":null,\\\"finish_reason\\\":\\\"stop\\\"}],\\\"usage\\\":{\\\"prompt_tokens\\\":245,\\\"completion_tokens\\\":27,\\\"total_tokens\\\":272}}\\n"
 
 sse_event() {
-    # $1 = delta JSON, $2 = finish_reason JSON
-    printf 'data: {\\"id\\":\\"%s\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1730000000,\\"model\\":\\"%s\\",\\"system_fingerprint\\":\\"fp_0123456789\\",\\"choices\\":[{\\"index\\":0,\\"delta\\":%s,\\"logprobs\\":null,\\"finish_reason\\":%s}]}\\n\\n' \
-        "$ID" "$MODEL" "$1" "$2"
+    # $1 = delta JSON, $2 = finish_reason JSON, $3 = what follows "choices"
+    printf 'data: {\\"id\\":\\"%s\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1730000000,\\"model\\":\\"%s\\",\\"system_fingerprint\\":\\"fp_0123456789\\",\\"choices\\":[{\\"index\\":0,\\"delta\\":%s,\\"logprobs\\":null,\\"finish_reason\\":%s}]%s}\\n\\n' \
+        "$ID" "$MODEL" "$1" "$2" "$3"
 }
-SSE_BODY=$(
-    sse_event '{\"role\":\"assistant\",\"content\":\"\"}' null
+sse_body() {
+    # $1 = "" for a client that did not ask for the usage; ",usage:null" as
+    # OpenAI streams when stream_options.include_usage is set: "usage":null
+    # in every chunk, and a last chunk with the usage
+    sse_event '{\"role\":\"assistant\",\"content\":\"\"}' null "$1"
     for w in 'The quick brown' ' fox jumps over' ' the lazy dog.' ' Benchmarks measure' \
              ' the gateway,' ' not the model,' ' so this answer is short.'; do
-        sse_event "{\\\"content\\\":\\\"$w\\\"}" null
+        sse_event "{\\\"content\\\":\\\"$w\\\"}" null "$1"
     done
-    sse_event '{}' '\"stop\"'
-    printf 'data: {\\"id\\":\\"%s\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1730000000,\\"model\\":\\"%s\\",\\"choices\\":[],\\"usage\\":{\\"prompt_tokens\\":245,\\"completion_tokens\\":27,\\"total_tokens\\":272}}\\n\\n' "$ID" "$MODEL"
+    sse_event '{}' '\"stop\"' "$1"
+    if [ -n "$1" ]; then
+        printf 'data: {\\"id\\":\\"%s\\",\\"object\\":\\"chat.completion.chunk\\",\\"created\\":1730000000,\\"model\\":\\"%s\\",\\"system_fingerprint\\":\\"fp_0123456789\\",\\"choices\\":[],\\"usage\\":{\\"prompt_tokens\\":245,\\"completion_tokens\\":27,\\"total_tokens\\":272}}\\n\\n' "$ID" "$MODEL"
+    fi
     printf 'data: [DONE]\\n\\n'
-)
+}
+# what the provider streams to a plain client, and to the gateway, which
+# asks for the usage (and removes it again for a client that did not)
+SSE_BODY=$(sse_body '')
+SSE_USAGE_BODY=$(sse_body ',\"usage\":null')
 
 cat >"$TMP/nginx.conf" <<EOF
 load_module $MODULE;
@@ -103,6 +116,12 @@ http {
             sub_filter_types text/event-stream;
             sub_filter '[DONE]' '[DONE]';
         }
+        location = /sse-usage/v1/chat/completions {
+            default_type text/event-stream;
+            return 200 "$SSE_USAGE_BODY";
+            sub_filter_types text/event-stream;
+            sub_filter '[DONE]' '[DONE]';
+        }
     }
 
     # plain reverse proxy
@@ -129,7 +148,7 @@ http {
         model gpt-4o-mini $MODEL;
     }
     llm_provider bench_sse {
-        url http://bench_up/sse/v1;
+        url http://bench_up/sse-usage/v1;
         key sk-bench;
         model gpt-4o-mini $MODEL;
     }

@@ -253,16 +253,52 @@ ngx_http_llm_json_value(u_char *p, u_char *last, ngx_uint_t depth,
 }
 
 
+/*
+ * Does a word of 8 bytes hold one that ends the plain run of a string: a
+ * control (< 0x20), '"' or '\\'?  (A byte is zero in x if x - 0x01 borrows
+ * into its high bit while x's own high bit is clear; less than 0x20 the
+ * same way; exact as to whether any byte is.)
+ */
+
+#define NGX_HTTP_LLM_ONES   0x0101010101010101ULL
+#define NGX_HTTP_LLM_HIGHS  0x8080808080808080ULL
+
+#define ngx_http_llm_swar_less(x, n)                                          \
+    (((x) - NGX_HTTP_LLM_ONES * (n)) & ~(x) & NGX_HTTP_LLM_HIGHS)
+
+#define ngx_http_llm_json_swar_special(x)                                     \
+    (ngx_http_llm_swar_less(x, 0x20)                                          \
+     | ngx_http_llm_swar_less((x) ^ (NGX_HTTP_LLM_ONES * '"'), 1)             \
+     | ngx_http_llm_swar_less((x) ^ (NGX_HTTP_LLM_ONES * '\\'), 1))
+
+
 /* a string from its opening quote; returns the position after the end */
 
 static u_char *
 ngx_http_llm_json_string(u_char *p, u_char *last, ngx_uint_t *escaped)
 {
+    uint64_t    w;
     ngx_uint_t  i;
 
     *escaped = 0;
 
     for (p++; p < last; p++) {
+
+        /* eight bytes at a time while none of them ends the plain run */
+
+        while (last - p >= 8) {
+            ngx_memcpy(&w, p, 8);
+
+            if (ngx_http_llm_json_swar_special(w)) {
+                break;
+            }
+
+            p += 8;
+        }
+
+        if (p == last) {
+            return NULL;
+        }
 
         while (!ngx_http_llm_json_special[*p]) {
             if (++p == last) {

@@ -8,6 +8,9 @@
 #include "ngx_http_llm_module.h"
 
 
+#define NGX_HTTP_LLM_USAGE_NULL  ",\"usage\":null}"
+
+
 static ngx_int_t ngx_http_llm_openai_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
@@ -215,18 +218,39 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
     ctx->events++;
 
+    if (ev->truncated || ev->data.len == 0 || ev->data.data[0] != '{') {
+        return NGX_OK;
+    }
+
+    p = ev->data.data;
+    last = p + ev->data.len;
+
+    /*
+     * OpenAI ends every chunk but the last with "usage":null when the
+     * usage is asked for: the member of the object that the last byte
+     * closes, cut without a scan
+     */
+
+    if (ctx->strip_usage
+        && ev->data.len > sizeof(NGX_HTTP_LLM_USAGE_NULL) - 1
+        && ngx_strncmp(last - (sizeof(NGX_HTTP_LLM_USAGE_NULL) - 1),
+                       NGX_HTTP_LLM_USAGE_NULL,
+                       sizeof(NGX_HTTP_LLM_USAGE_NULL) - 1)
+           == 0)
+    {
+        ev->cut_start = last - (sizeof(NGX_HTTP_LLM_USAGE_NULL) - 1);
+        ev->cut_end = last - 1;
+        ev->action = NGX_HTTP_LLM_SSE_REPLACE;
+        return NGX_OK;
+    }
+
     /* most chunks have no usage member: they pass without a scan */
 
-    if (ev->truncated || ev->data.len == 0 || ev->data.data[0] != '{'
-        || ngx_http_llm_memstr(ev->data.data, ev->data.len, "\"usage\"") == NULL)
-    {
+    if (ngx_http_llm_memstr(p, ev->data.len, "\"usage\"") == NULL) {
         return NGX_OK;
     }
 
     ngx_memzero(&chunk, sizeof(ngx_http_llm_openai_chunk_t));
-
-    p = ev->data.data;
-    last = p + ev->data.len;
 
     if (ngx_http_llm_json_object(p, last, ngx_http_llm_openai_chunk_member,
                                  &chunk)

@@ -165,6 +165,24 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
         return NGX_OK;
     }
 
+    if (ev->action == NGX_HTTP_LLM_SSE_REPLACE && ctx->hold_len == 0
+        && ev->data.data >= ctx->raw_start && ev->data.data < ev->end)
+    {
+        /*
+         * an event cut where it is in the input: the run ends before the
+         * cut and goes on after it, without a copy
+         */
+
+        if (ngx_http_llm_stream_run(r, ctx, ev->cut_start) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        ctx->run_start = ev->cut_end;
+        ctx->raw_start = ev->end;
+
+        return NGX_OK;
+    }
+
     if (ngx_http_llm_stream_run(r, ctx, ctx->raw_start) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -207,7 +225,13 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
         b->last = ngx_cpymem(b->last, ctx->raw_start,
                              ev->end - ctx->raw_start);
 
-        p = memmem(b->pos, size, ev->data.data, ev->data.len);
+        if (ev->data.data >= ctx->raw_start && ev->data.data < ev->end) {
+            /* the data of the event in the input, where it came: no search */
+            p = b->pos + ctx->hold_len + (ev->data.data - ctx->raw_start);
+
+        } else {
+            p = memmem(b->pos, size, ev->data.data, ev->data.len);
+        }
 
         if (p) {
             p += ev->cut_start - ev->data.data;
