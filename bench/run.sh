@@ -298,7 +298,7 @@ echo
 echo "| mode | front | requests/s | p50 latency | p99 latency |"
 echo "|---|---|---:|---:|---:|"
 for m in json sse; do
-    case $m in json) label="non-streaming" ;; sse) label="streaming (10 SSE events)" ;; esac
+    case $m in json) label="non-streaming" ;; sse) label="streaming (9 SSE events + [DONE])" ;; esac
     prps=$(median_of $m proxy 3); pp50=$(median_of $m proxy 4); pp99=$(median_of $m proxy 5)
     lrps=$(median_of $m llm 3);   lp50=$(median_of $m llm 4);   lp99=$(median_of $m llm 5)
     ratio=$(paired_ratio $m)
