@@ -58,7 +58,8 @@ SKIP: {
     $conf =~ s{listen\s+(80|443)\b}{'listen 127.0.0.1:' . $t->port("X$1")}ge;
 
     my ($rc, $out) = nginx_t_file('openai.conf', $conf,
-                                  OPENAI_API_KEY => 'sk-test', DEEPSEEK_API_KEY => 'sk-test');
+                                  OPENAI_API_KEY => 'sk-test', DEEPSEEK_API_KEY => 'sk-test',
+                                      ANTHROPIC_API_KEY => 'sk-test');
     is($rc, 0, 'conf-examples/openai.conf passes nginx -t') or diag($out);
     unlike($out, qr/\[(warn|emerg)\]/, 'without warnings');
 }
@@ -84,7 +85,8 @@ SKIP: {
         $conf =~ s{listen\s+(\d+);}{'listen 127.0.0.1:' . $t->port("R$n$1") . ';'}ge;
 
         my ($rc, $out) = nginx_t_file("readme-$n.conf", $conf,
-                                      OPENAI_API_KEY => 'sk-test', DEEPSEEK_API_KEY => 'sk-test');
+                                      OPENAI_API_KEY => 'sk-test', DEEPSEEK_API_KEY => 'sk-test',
+                                      ANTHROPIC_API_KEY => 'sk-test');
         my ($first) = $block =~ /^\s*(\S[^\n]*)/;
         is($rc, 0, "README configuration $n ($first ...) passes nginx -t") or diag($out);
     }
