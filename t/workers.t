@@ -79,52 +79,11 @@ sub one {
     return '';
 }
 
-# run $total requests in $par forked clients; returns the failure reasons
-sub parallel {
-    my ($total, $par, $tag, $during) = @_;
-    my @kids;
-    for my $k (0 .. $par - 1) {
-        my $file = $t->dir . "/client-$tag-$k";
-        my $pid = fork // die "fork: $!";
-        if (!$pid) {
-            open my $fh, '>', $file or POSIX::_exit(1);
-            $fh->autoflush(1);
-            for (my $i = $k; $i < $total; $i += $par) {
-                my $why = eval { one($i, $tag) } // "died: $@";
-                print $fh ($why eq '' ? "ok $i\n" : "fail $why\n");
-            }
-            close $fh;
-            POSIX::_exit(0);
-        }
-        push @kids, [ $pid, $file ];
-    }
-    $during->() if $during;
-    waitpid($_->[0], 0) for @kids;
-    my (@fail, $ok);
-    for my $k (@kids) {
-        open my $fh, '<', $k->[1] or next;
-        while (<$fh>) { chomp; /^ok / ? $ok++ : push @fail, $_ }
-    }
-    push @fail, "only " . ($ok // 0) . " of $total requests reported ok" if ($ok // 0) + @fail != $total;
-    return @fail;
-}
-
-sub requests_done {
-    my ($tag) = @_;
-    my $n = 0;
-    opendir my $dh, $t->dir;
-    for my $f (grep { /^client-\Q$tag\E-/ } readdir $dh) {
-        open my $fh, '<', $t->dir . "/$f" or next;
-        $n++ while <$fh>;
-    }
-    return $n;
-}
-
 # ---------------------------------------------------------------------------
 
 {
     my $t0 = time;
-    my @fail = parallel(200, 10, 'load');
+    my @fail = $t->parallel('load', 200, 10, sub { one($_[0], 'load') });
     is(scalar @fail, 0, '200 mixed requests (stream and non-stream) in 10 parallel clients all succeed')
         or diag(join "\n", @fail[0 .. ($#fail > 10 ? 10 : $#fail)]);
     note(sprintf 'load: %.2fs', time - $t0);
@@ -133,8 +92,8 @@ sub requests_done {
 # reload with a new config while requests are in flight
 {
     my $reloaded = 0;
-    my @fail = parallel(200, 8, 'reload', sub {
-        wait_for(sub { requests_done('reload') >= 40 }, 20);
+    my @fail = $t->parallel('reload', 200, 8, sub { one($_[0], 'reload') }, sub {
+        wait_for(sub { $t->done_count('reload') >= 40 }, 20);
         $reloaded = $t->reload($conf->('model newalias gpt-4o-new;'));
     });
     ok($reloaded, 'reload under load: new workers started');
@@ -153,7 +112,7 @@ sub requests_done {
 
 # weighted route 3:1 over 400 requests
 {
-    my @fail = parallel(400, 8, 'weight');
+    my @fail = $t->parallel('weight', 400, 8, sub { one($_[0], 'weight') });
     is(scalar @fail, 0, 'weighted route: 400 requests succeed') or diag(join "\n", @fail[0 .. 5]);
     my @l;
     wait_for(sub { @l = grep { /[?&]weight=\d+\|/ } $t->access_log('gw.log'); @l >= 400 }, 10);

@@ -112,48 +112,6 @@ sub status_ok {
     return ($r, $st);
 }
 
-# run $total jobs in $par forked clients; $job->($i) returns "" or a reason;
-# $during runs in the parent while the clients work
-sub parallel {
-    my ($t, $tag, $total, $par, $job, $during) = @_;
-    my @kids;
-    for my $k (0 .. $par - 1) {
-        my $file = $t->dir . "/client-$tag-$k";
-        my $pid = fork // die "fork: $!";
-        if (!$pid) {
-            open my $fh, '>', $file or POSIX::_exit(1);
-            $fh->autoflush(1);
-            for (my $i = $k; $i < $total; $i += $par) {
-                my $why = eval { $job->($i) } // "died: $@";
-                print $fh ($why eq '' ? "ok $i\n" : "fail $i $why\n");
-            }
-            close $fh;
-            POSIX::_exit(0);
-        }
-        push @kids, [ $pid, $file ];
-    }
-    $during->() if $during;
-    waitpid($_->[0], 0) for @kids;
-    my (@fail, $ok);
-    for my $k (@kids) {
-        open my $fh, '<', $k->[1] or next;
-        while (<$fh>) { chomp; /^ok / ? $ok++ : push @fail, $_ }
-    }
-    push @fail, 'only ' . ($ok // 0) . " of $total jobs reported" if ($ok // 0) + @fail != $total;
-    return @fail;
-}
-
-sub done_count {
-    my ($t, $tag) = @_;
-    my $n = 0;
-    opendir my $dh, $t->dir;
-    for my $f (grep { /^client-\Q$tag\E-/ } readdir $dh) {
-        open my $fh, '<', $t->dir . "/$f" or next;
-        $n++ while <$fh>;
-    }
-    return $n;
-}
-
 # ===========================================================================
 # phase A: mixed load, 2 workers, reload in the middle
 
@@ -293,7 +251,7 @@ my %SENT;    # req id -> kind
 sub batch {
     my ($tag, $n, $par, $during) = @_;
     $SENT{"$tag-$_-" . $KINDS[$_ % @KINDS]} = $KINDS[$_ % @KINDS] for 0 .. $n - 1;
-    return parallel($t, $tag, $n, $par, sub { job($_[0], $tag) }, $during);
+    return $t->parallel($tag, $n, $par, sub { job($_[0], $tag) }, $during);
 }
 
 sub check_against_log {
@@ -403,11 +361,11 @@ my $started = $st1->{started};
 {
     my ($reloaded, $before, $after) = (0);
     my @fail = batch('b2', 336, 10, sub {
-        wait_for(sub { done_count($t, 'b2') >= 100 }, 30);
-        $before = done_count($t, 'b2');
+        wait_for(sub { $t->done_count('b2') >= 100 }, 30);
+        $before = $t->done_count('b2');
         # the new configuration prices the model that was unpriced (same zone name and size)
         $reloaded = $t->reload($CONF->('llm_price llama-local input=0.2 output=0.4;'));
-        $after = done_count($t, 'b2');
+        $after = $t->done_count('b2');
     });
     ok($reloaded, 'reload (HUP) in the middle of batch 2: new workers started');
     ok($before < 336, "the reload happened under load ($before of 336 requests done at HUP, $after when "
@@ -452,7 +410,7 @@ CONF
     my $gw = $t->port('GW');
     my $N = 240;
     my $t1 = time;
-    my @fail = parallel($t, 'tiny', $N, 8, sub {
+    my @fail = $t->parallel('tiny', $N, 8, sub {
         my ($i) = @_;
         # every 4th request is the priced gpt-4o, the others each a new model name
         my $model = $i % 4 ? sprintf('model-%03d-', $i) . ('n' x ($i % 90)) : 'gpt-4o';

@@ -45,6 +45,52 @@ use LLMTest::FakeProvider;
 our @EXPORT = (@LLMTest::HTTP::EXPORT_OK, qw(error_ok json_ok mock_text sse_response
     ceil4 wait_for));
 
+# ---------------------------------------------------------------------------
+# load: $t->parallel(TAG, TOTAL, PAR, JOB [, DURING]) runs JOB->($i) for
+# $i in 0 .. TOTAL-1 in PAR forked clients (JOB returns '' or why it failed)
+# while DURING runs in the test process; returns the failures.
+# $t->done_count(TAG): the jobs of TAG finished so far.
+
+sub parallel {
+    my ($self, $tag, $total, $par, $job, $during) = @_;
+    my @kids;
+    for my $k (0 .. $par - 1) {
+        my $file = "$self->{dir}/client-$tag-$k";
+        my $pid = fork // die "fork: $!";
+        if (!$pid) {
+            open my $fh, '>', $file or POSIX::_exit(1);
+            $fh->autoflush(1);
+            for (my $i = $k; $i < $total; $i += $par) {
+                my $why = eval { $job->($i) } // "died: $@";
+                print $fh ($why eq '' ? "ok $i\n" : "fail $i $why\n");
+            }
+            close $fh;
+            POSIX::_exit(0);
+        }
+        push @kids, [ $pid, $file ];
+    }
+    $during->() if $during;
+    waitpid($_->[0], 0) for @kids;
+    my (@fail, $ok);
+    for my $k (@kids) {
+        open my $fh, '<', $k->[1] or next;
+        while (<$fh>) { chomp; /^ok / ? $ok++ : push @fail, $_ }
+    }
+    push @fail, 'only ' . ($ok // 0) . " of $total jobs reported" if ($ok // 0) + @fail != $total;
+    return @fail;
+}
+
+sub done_count {
+    my ($self, $tag) = @_;
+    my $n = 0;
+    opendir my $dh, $self->{dir} or return 0;
+    for my $f (grep { /^client-\Q$tag\E-/ } readdir $dh) {
+        open my $fh, '<', "$self->{dir}/$f" or next;
+        $n++ while <$fh>;
+    }
+    return $n;
+}
+
 # nginx reads NGINX from its environment (sockets inherited on a binary
 # upgrade, and then it does not daemonize): the binary is taken from it, and
 # it is not passed on
