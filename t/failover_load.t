@@ -32,12 +32,14 @@ sub resp {
                                                 body => $body);
 }
 
-# one answer in three is good; the others fail in one of four ways
+# by the request's number: one answer in two is good, the others fail in
+# one of four ways, never 5 in a row (the stalls are streams: the odd
+# numbers are); numbers 100 to 129 all fail, so that the breaker opens
 $t->fake_provider(port => $t->port('FLAKY'), handler => sub {
     my ($req) = @_;
-    srand($$ ^ int(time * 1000));
     my $stream = ($req->{body} // '') =~ /"stream"\s*:\s*true/;
-    my $n = int rand 6;
+    my ($i) = ($req->{body} // '') =~ /"hi (\d+)"/;
+    my $n = ($i // 0) >= 100 && $i < 130 ? 0 : ($i // 0) % 8;
     return $n == 0 ? [ [ send => resp(503, 'application/json', '{"error":{"message":"busy","type":"server_error"}}') ] ]
          : $n == 1 ? [ [ 'reset' ] ]
          : $n == 2 ? [ [ send => resp(529, 'application/json',
@@ -57,7 +59,7 @@ http {
 
     llm_provider flaky { url http://127.0.0.1:%%PORT_FLAKY%%/v1; key k;
                          first_byte_timeout 300ms;
-                         breaker failures=3 cooldown=500ms; }
+                         breaker failures=5 cooldown=300ms; }
     llm_provider good  { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; }
 
     llm_route r { provider flaky weight=3; provider good; }
