@@ -150,7 +150,7 @@ ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
 void
 ngx_http_llm_breaker_report(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
-    ngx_uint_t failed)
+    ngx_uint_t failed, ngx_msec_t retry_after)
 {
     ngx_msec_t                 open;
     ngx_http_llm_zone_t       *zone;
@@ -165,7 +165,7 @@ ngx_http_llm_breaker_report(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
     zone = lmcf->zone->data;
 
-    open = failed ? ngx_http_llm_retry_after(r) : 0;
+    open = failed ? retry_after : 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 

@@ -647,7 +647,7 @@ char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_llm_breaker_allow(ngx_http_request_t *r,
     ngx_http_llm_provider_t *p, ngx_msec_t *retry, ngx_uint_t probe);
 void ngx_http_llm_breaker_report(ngx_http_request_t *r,
-    ngx_http_llm_provider_t *p, ngx_uint_t failed);
+    ngx_http_llm_provider_t *p, ngx_uint_t failed, ngx_msec_t retry_after);
 ngx_msec_t ngx_http_llm_retry_after(ngx_http_request_t *r);
 u_char *ngx_http_llm_breaker_status(u_char *p,
     ngx_http_llm_breaker_t *breakers);

@@ -332,7 +332,7 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
         a->failed = ngx_http_llm_attempt_failed(a);
         a->reported = 1;
 
-        ngx_http_llm_breaker_report(r, a->peer->provider, a->failed);
+        ngx_http_llm_breaker_report(r, a->peer->provider, a->failed, 0);
     }
 
     if (!(state & NGX_PEER_FAILED)) {
@@ -340,8 +340,6 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     }
 
     /* the next attempt, with the breaker as this one left it */
-
-    a->retry_after = ngx_http_llm_retry_after(r);
 
     lp->next = 1;
     ctx->next = ngx_http_llm_next_attempt(r, ctx);

@@ -817,7 +817,15 @@ ngx_http_llm_reply_ready(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     a->failed = ngx_http_llm_attempt_failed(a);
     a->reported = 1;
 
-    ngx_http_llm_breaker_report(r, a->peer->provider, a->failed);
+    ngx_http_llm_breaker_report(r, a->peer->provider, a->failed,
+                                a->retry_after);
+
+    /* a success goes on at once */
+
+    if (a->status < NGX_HTTP_SPECIAL_RESPONSE) {
+        u->conf = a->peer->conf;
+        return NGX_OK;
+    }
 
     retry = (a->status == 529 && (route->retry & NGX_HTTP_LLM_RETRY_529))
             || (a->error && (route->retry & ngx_http_llm_error_bit(a->error)));
@@ -1280,7 +1288,7 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
         && ctx->nattempts)
     {
         ctx->attempt[ctx->current].failed = 1;
-        ngx_http_llm_breaker_report(r, ctx->provider, 1);
+        ngx_http_llm_breaker_report(r, ctx->provider, 1, 0);
     }
 
     if (!ctx->sse_reply || ctx->done
