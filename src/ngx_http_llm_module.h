@@ -308,7 +308,8 @@ typedef struct {
     ngx_array_t                 *prices;     /* ngx_http_llm_price_t */
     ngx_array_t                 *overrides;  /* ngx_http_llm_price_t */
     ngx_str_t                    prices_file;
-    ngx_hash_t                   price_hash;
+    ngx_http_llm_price_t       **price_hash;  /* exact names */
+    ngx_uint_t                   price_hash_mask;
 
     ngx_shm_zone_t              *zone;
 } ngx_http_llm_main_conf_t;

@@ -15,6 +15,12 @@
 
 #define NGX_HTTP_LLM_PRICE_UNSET  ((uint64_t) -1)
 
+/* a price is at most 1 USD per token: 1e12 in 1e-12 USD */
+#define NGX_HTTP_LLM_PRICE_MAX    1000000000000ULL
+
+/* a number of tokens: an integer that a JSON number holds exactly, 2^53 */
+#define NGX_HTTP_LLM_TOKENS_MAX   9007199254740992ULL
+
 
 typedef struct {
     ngx_str_t                    name;
@@ -24,8 +30,12 @@ typedef struct {
 
 static ngx_int_t ngx_http_llm_prices_load(ngx_conf_t *cf,
     ngx_http_llm_main_conf_t *lmcf);
+static ngx_int_t ngx_http_llm_price_tokens(cJSON *entry, char *name,
+    uint64_t *tokens);
 static ngx_http_llm_price_t *ngx_http_llm_price_add(ngx_conf_t *cf,
     ngx_array_t **a, u_char *model, size_t len);
+static ngx_int_t ngx_http_llm_price_insert(ngx_http_llm_main_conf_t *lmcf,
+    ngx_http_llm_price_t *price);
 static ngx_http_llm_price_t *ngx_http_llm_price_find(
     ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model);
 static ngx_int_t ngx_http_llm_mul_add(uint64_t *sum, uint64_t a,
@@ -192,7 +202,9 @@ ngx_http_llm_prices_load(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
 
             d = cJSON_IsNumber(item) ? item->valuedouble : -1;
 
-            if (d < 0 || d > 1) {
+            /* NaN fails both comparisons; 1e999 is parsed as infinity */
+
+            if (!(d >= 0 && d <= 1)) {
                 err = (char *) f->name.data;
                 break;
             }
@@ -210,20 +222,73 @@ ngx_http_llm_prices_load(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
             break;
         }
 
-        item = cJSON_GetObjectItemCaseSensitive(entry, "max_input_tokens");
-        if (cJSON_IsNumber(item) && item->valuedouble > 0) {
-            price->max_input_tokens = (uint64_t) item->valuedouble;
+        if (ngx_http_llm_price_tokens(entry, "max_input_tokens",
+                                      &price->max_input_tokens)
+            != NGX_OK)
+        {
+            err = "max_input_tokens";
+
+        } else if (ngx_http_llm_price_tokens(entry, "max_output_tokens",
+                                             &price->max_output_tokens)
+                   != NGX_OK)
+        {
+            err = "max_output_tokens";
         }
 
-        item = cJSON_GetObjectItemCaseSensitive(entry, "max_output_tokens");
-        if (cJSON_IsNumber(item) && item->valuedouble > 0) {
-            price->max_output_tokens = (uint64_t) item->valuedouble;
+        if (err == NULL) {
+            continue;
         }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"%s\" of \"%s\" in the prices file "
+                           "\"%V\": a whole number of tokens from 0 to %uL "
+                           "expected", err, entry->string, &lmcf->prices_file,
+                           (uint64_t) NGX_HTTP_LLM_TOKENS_MAX);
+        rc = NGX_ERROR;
+        break;
     }
 
     cJSON_Delete(root);
 
     return rc;
+}
+
+
+/*
+ * A number of tokens of the file: absent or null is unknown (0); else a
+ * whole number from 0 to 2^53.  The checks are written so that NaN and
+ * the infinity of 1e999 fail them, before any conversion to an integer.
+ */
+
+static ngx_int_t
+ngx_http_llm_price_tokens(cJSON *entry, char *name, uint64_t *tokens)
+{
+    double   d;
+    cJSON   *item;
+
+    item = cJSON_GetObjectItemCaseSensitive(entry, name);
+
+    if (item == NULL || cJSON_IsNull(item)) {
+        return NGX_OK;
+    }
+
+    if (!cJSON_IsNumber(item)) {
+        return NGX_ERROR;
+    }
+
+    d = item->valuedouble;
+
+    if (!(d >= 0 && d <= (double) NGX_HTTP_LLM_TOKENS_MAX)) {
+        return NGX_ERROR;
+    }
+
+    if ((double) (uint64_t) d != d) {
+        return NGX_ERROR;
+    }
+
+    *tokens = (uint64_t) d;
+
+    return NGX_OK;
 }
 
 
@@ -267,10 +332,13 @@ ngx_http_llm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "max_input=", 10) == 0) {
             n = ngx_atoi(value[i].data + 10, value[i].len - 10);
 
-            if (n == NGX_ERROR || n == 0) {
+            if (n == NGX_ERROR || n == 0
+                || (uint64_t) n > NGX_HTTP_LLM_TOKENS_MAX)
+            {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid \"%V\": a number of tokens",
-                                   &value[i]);
+                                   "invalid \"%V\": a number of tokens "
+                                   "from 1 to %uL", &value[i],
+                                   (uint64_t) NGX_HTTP_LLM_TOKENS_MAX);
                 return NGX_CONF_ERROR;
             }
 
@@ -297,10 +365,11 @@ ngx_http_llm_price(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         n = ngx_atofp(value[i].data + f->name.len,
                       value[i].len - f->name.len, 6);
 
-        if (n == NGX_ERROR) {
+        if (n == NGX_ERROR || (uint64_t) n > NGX_HTTP_LLM_PRICE_MAX) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid price \"%V\": USD per million "
-                               "tokens, at most 6 decimals", &value[i]);
+                               "tokens, at most 6 decimals and at most "
+                               "1000000", &value[i]);
             return NGX_CONF_ERROR;
         }
 
@@ -357,32 +426,50 @@ ngx_http_llm_price_add(ngx_conf_t *cf, ngx_array_t **a, u_char *model,
 
 
 /*
- * One hash of every priced model; an llm_price line replaces the file's
+ * One table of every priced model; an llm_price line replaces the file's
  * entry of the same model.  Entries without input and output prices are
  * left out: such a model is unpriced.
+ *
+ * Model names are compared exactly, case included, as providers compare
+ * their model ids, and may be of any length.  ngx_hash_t does neither (it
+ * keeps its keys in lower case and in buckets of a fixed size), so the
+ * table is open addressing: a power of two of slots, at least twice the
+ * models, linear probing from the name's murmur2 hash (which spreads
+ * names that differ in a digit, "model-0001" and "model-0002", where
+ * ngx_hash_key() makes runs of neighbours), and the whole name compared.
  */
 
 char *
 ngx_http_llm_init_prices(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
 {
-    ngx_int_t                rc;
-    ngx_uint_t               i, j;
-    ngx_array_t             *a, *all[2];
-    ngx_hash_init_t          hash;
-    ngx_hash_keys_arrays_t   ha;
-    ngx_http_llm_price_t    *price;
-
-    ngx_memzero(&ha, sizeof(ngx_hash_keys_arrays_t));
-
-    ha.pool = cf->pool;
-    ha.temp_pool = cf->temp_pool;
-
-    if (ngx_hash_keys_array_init(&ha, NGX_HASH_LARGE) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
+    ngx_uint_t              i, j, n, size;
+    ngx_array_t            *a, *all[2];
+    ngx_http_llm_price_t   *price;
 
     all[0] = lmcf->overrides;
     all[1] = lmcf->prices;
+
+    n = 0;
+
+    for (j = 0; j < 2; j++) {
+        if (all[j]) {
+            n += all[j]->nelts;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_CONF_OK;
+    }
+
+    for (size = 16; size < 2 * n; size <<= 1) { /* void */ }
+
+    lmcf->price_hash = ngx_pcalloc(cf->pool,
+                                   size * sizeof(ngx_http_llm_price_t *));
+    if (lmcf->price_hash == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lmcf->price_hash_mask = size - 1;
 
     for (j = 0; j < 2; j++) {
         a = all[j];
@@ -415,43 +502,75 @@ ngx_http_llm_init_prices(ngx_conf_t *cf, ngx_http_llm_main_conf_t *lmcf)
                 price[i].reasoning = price[i].output;
             }
 
-            rc = ngx_hash_add_key(&ha, &price[i].model, &price[i],
-                                  NGX_HASH_READONLY_KEY);
+            /* NGX_BUSY: an llm_price line, or an earlier entry, has it */
 
-            if (rc == NGX_ERROR) {
-                return NGX_CONF_ERROR;
-            }
-
-            /* NGX_BUSY: an llm_price line has the model already */
+            (void) ngx_http_llm_price_insert(lmcf, &price[i]);
         }
-    }
-
-    hash.hash = &lmcf->price_hash;
-    hash.key = ngx_hash_key;
-    hash.max_size = 65536;
-    hash.bucket_size = ngx_align(128, ngx_cacheline_size);
-    hash.name = "llm_prices_hash";
-    hash.pool = cf->pool;
-    hash.temp_pool = NULL;
-
-    if (ngx_hash_init(&hash, ha.keys.elts, ha.keys.nelts) != NGX_OK) {
-        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
 }
 
 
+static ngx_int_t
+ngx_http_llm_price_insert(ngx_http_llm_main_conf_t *lmcf,
+    ngx_http_llm_price_t *price)
+{
+    ngx_uint_t              i;
+    ngx_http_llm_price_t  **slot;
+
+    i = ngx_murmur_hash2(price->model.data, price->model.len);
+
+    for ( ;; ) {
+        slot = &lmcf->price_hash[i & lmcf->price_hash_mask];
+
+        if (*slot == NULL) {
+            *slot = price;
+            return NGX_OK;
+        }
+
+        if ((*slot)->model.len == price->model.len
+            && ngx_memcmp((*slot)->model.data, price->model.data,
+                          price->model.len)
+               == 0)
+        {
+            return NGX_BUSY;
+        }
+
+        i++;
+    }
+}
+
+
+/* the table is at most half full: a probe ends at an empty slot */
+
 static ngx_http_llm_price_t *
 ngx_http_llm_price_find(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *model)
 {
-    if (lmcf->price_hash.buckets == NULL || model->len == 0) {
+    ngx_uint_t             i;
+    ngx_http_llm_price_t  *price;
+
+    if (lmcf->price_hash == NULL || model->len == 0) {
         return NULL;
     }
 
-    return ngx_hash_find(&lmcf->price_hash,
-                         ngx_hash_key(model->data, model->len),
-                         model->data, model->len);
+    i = ngx_murmur_hash2(model->data, model->len);
+
+    for ( ;; ) {
+        price = lmcf->price_hash[i & lmcf->price_hash_mask];
+
+        if (price == NULL) {
+            return NULL;
+        }
+
+        if (price->model.len == model->len
+            && ngx_memcmp(price->model.data, model->data, model->len) == 0)
+        {
+            return price;
+        }
+
+        i++;
+    }
 }
 
 
@@ -474,7 +593,7 @@ ngx_http_llm_price_lookup(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
     price = ngx_http_llm_price_find(lmcf, upstream_model);
 
-    if (price == NULL && lmcf->price_hash.buckets) {
+    if (price == NULL && lmcf->price_hash) {
         name.len = p->name.len + 1 + upstream_model->len;
 
         name.data = ngx_pnalloc(r->pool, name.len);
