@@ -84,6 +84,7 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status, char *code,
     char *param, char *fmt, ...)
 {
     u_char               *last, msg[NGX_MAX_ERROR_STR];
+    u_char                text[NGX_MAX_ERROR_STR];
     va_list               args;
     ngx_buf_t            *b;
     ngx_table_elt_t      *h;
@@ -101,8 +102,13 @@ ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status, char *code,
     ctx->error.data = (u_char *) code;
     ctx->error.len = ngx_strlen(code);
 
+    /* the message may quote the client: escaped, so it forges no line */
+
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "llm error %ui %s: %*s", status, code, last - msg, msg);
+                  "llm error %ui %s: %*s", status, code,
+                  ngx_http_llm_log_text(text, text + sizeof(text), msg,
+                                        last - msg) - text,
+                  text);
 
     b = ngx_http_llm_error_body(r->pool, status, code, param, msg,
                                 last - msg);
@@ -379,4 +385,40 @@ ngx_http_llm_attempts_header(ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Text from a client or a provider, for the error log: control
+ * characters, DEL and backslashes as \xHH, cut where dst ends.
+ */
+
+u_char *
+ngx_http_llm_log_text(u_char *dst, u_char *end, u_char *src, size_t len)
+{
+    static u_char  hex[] = "0123456789abcdef";
+
+    while (len--) {
+
+        if (*src >= 0x20 && *src != 0x7f && *src != '\\') {
+            if (dst == end) {
+                break;
+            }
+
+            *dst++ = *src++;
+            continue;
+        }
+
+        if (end - dst < 4) {
+            break;
+        }
+
+        *dst++ = '\\';
+        *dst++ = 'x';
+        *dst++ = hex[*src >> 4];
+        *dst++ = hex[*src & 0xf];
+        src++;
+    }
+
+    return dst;
 }

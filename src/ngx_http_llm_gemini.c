@@ -10,6 +10,8 @@
 #include "ngx_http_llm_module.h"
 
 
+static ngx_int_t ngx_http_llm_gemini_args(ngx_http_request_t *r,
+    ngx_str_t *args);
 static ngx_int_t ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
@@ -31,7 +33,6 @@ ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body)
 {
-    u_char     *d;
     size_t      n;
     ngx_str_t   models, model, method, args;
 
@@ -59,21 +60,10 @@ ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_escape_uri(model.data, ctx->upstream_model.data,
                    ctx->upstream_model.len, NGX_ESCAPE_URI_COMPONENT);
 
-    /* the client's arguments (alt=sse, ...) go with it */
+    /* the client's arguments (alt=sse, ...) go with it, less its key */
 
-    ngx_str_null(&args);
-
-    if (r->args.len) {
-        d = ngx_pnalloc(r->pool, r->args.len + 1);
-        if (d == NULL) {
-            return NGX_ERROR;
-        }
-
-        d[0] = '?';
-        ngx_memcpy(d + 1, r->args.data, r->args.len);
-
-        args.data = d;
-        args.len = r->args.len + 1;
+    if (ngx_http_llm_gemini_args(r, &args) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (ngx_http_llm_format_path(r, ctx->provider, path, &models, &model,
@@ -84,4 +74,70 @@ ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     }
 
     return ngx_http_llm_body_edit(r->pool, &ctx->body, NULL, 0, body);
+}
+
+
+/*
+ * The query of the client's request without its "key" parameters: the
+ * provider gets the provider key, in its header.  The client's key is
+ * overwritten in the request line too, so that no access log ($request,
+ * $args) keeps it.
+ */
+
+static ngx_int_t
+ngx_http_llm_gemini_args(ngx_http_request_t *r, ngx_str_t *args)
+{
+    u_char  *p, *last, *start, *end, *d;
+
+    ngx_str_null(args);
+
+    if (r->args.len == 0) {
+        return NGX_OK;
+    }
+
+    d = ngx_pnalloc(r->pool, r->args.len + 1);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    args->data = d;
+    *d++ = '?';
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    while (p < last) {
+
+        start = p;
+        end = ngx_strlchr(p, last, '&');
+
+        if (end == NULL) {
+            end = last;
+        }
+
+        p = (end < last) ? end + 1 : last;
+
+        if (end - start >= 4 && ngx_strncmp(start, "key=", 4) == 0) {
+            ngx_memset(start + 4, '*', end - start - 4);
+            continue;
+        }
+
+        if (end - start == 3 && ngx_strncmp(start, "key", 3) == 0) {
+            continue;
+        }
+
+        if (d - args->data > 1) {
+            *d++ = '&';
+        }
+
+        d = ngx_cpymem(d, start, end - start);
+    }
+
+    args->len = d - args->data;
+
+    if (args->len == 1) {
+        args->len = 0;
+    }
+
+    return NGX_OK;
 }

@@ -11,6 +11,12 @@
 #include "ngx_http_llm_module.h"
 
 
+typedef struct {
+    ngx_str_t                    name;
+    size_t                       offset;
+} ngx_http_llm_member_t;
+
+
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_prepare(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
@@ -18,8 +24,17 @@ static ngx_int_t ngx_http_llm_body_model(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_uri_model(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_scan_request(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_request_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_stream_options_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_read_member(ngx_http_llm_request_t *req,
+    ngx_http_llm_member_t *members, ngx_str_t *key,
+    ngx_http_llm_json_value_t *v);
+static ngx_int_t ngx_http_llm_model_name(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_send_unavailable(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_models(ngx_http_request_t *r,
@@ -44,10 +59,35 @@ static ngx_http_llm_endpoint_t  ngx_http_llm_endpoints[] = {
 };
 
 
+/*
+ * The members of the request that the gateway reads: each must be there
+ * once, under its own name, so that what the gateway reads (and bills)
+ * is what the provider reads.
+ */
+
+static ngx_http_llm_member_t  ngx_http_llm_request_members[] = {
+    { ngx_string("model"), offsetof(ngx_http_llm_request_t, model) },
+    { ngx_string("messages"), offsetof(ngx_http_llm_request_t, messages) },
+    { ngx_string("stream"), offsetof(ngx_http_llm_request_t, stream) },
+    { ngx_string("stream_options"),
+      offsetof(ngx_http_llm_request_t, stream_options) },
+    { ngx_string("input"), offsetof(ngx_http_llm_request_t, input) },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_http_llm_member_t  ngx_http_llm_stream_options_members[] = {
+    { ngx_string("include_usage"),
+      offsetof(ngx_http_llm_request_t, include_usage) },
+    { ngx_null_string, 0 }
+};
+
+
 ngx_int_t
 ngx_http_llm_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc;
+    ngx_table_elt_t          *h;
     ngx_http_llm_ctx_t       *ctx;
     ngx_http_llm_loc_conf_t  *llcf;
 
@@ -94,6 +134,28 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         }
 
         return ngx_http_llm_models(r, ctx);
+    }
+
+    /* the body is read as JSON: a compressed one would not be what it is */
+
+    h = ngx_http_llm_client_header(r, (u_char *) "content-encoding",
+                                   sizeof("content-encoding") - 1);
+
+    if (h && !(h->value.len == sizeof("identity") - 1
+               && ngx_strncasecmp(h->value.data, (u_char *) "identity",
+                                  h->value.len)
+                  == 0))
+    {
+        rc = ngx_http_discard_request_body(r);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_llm_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       "unsupported_content_encoding", NULL,
+                                       "Content-Encoding is not supported: "
+                                       "send the request body uncompressed");
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_handler);
@@ -154,44 +216,16 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_int_t                rc;
-    ngx_http_llm_request_t  *req;
+    ngx_int_t  rc;
 
     if (ngx_http_llm_request_body(r, &ctx->body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    req = &ctx->req;
+    rc = ngx_http_llm_scan_request(r, ctx);
 
-    rc = ngx_http_llm_json_object(ctx->body.data,
-                                  ctx->body.data + ctx->body.len,
-                                  ngx_http_llm_request_member, req);
-
-    if (rc == NGX_DECLINED) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                       "invalid_json", NULL,
-                                       "The request body must be a JSON "
-                                       "object");
-    }
-
-    if (req->duplicate.len) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                       "invalid_json", NULL,
-                                       "The request body has \"%V\" twice",
-                                       &req->duplicate);
-    }
-
-    if (req->escaped_key) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                       "invalid_json", NULL,
-                                       "Escape sequences are not allowed in "
-                                       "the top-level keys of the request");
-    }
-
-    if (rc != NGX_OK) {
-        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                       "invalid_json", NULL,
-                                       "The request body is not valid JSON");
+    if (rc != NGX_OK || ctx->error.len) {
+        return rc;
     }
 
     if (ctx->endpoint == NGX_HTTP_LLM_GENERATE
@@ -201,6 +235,10 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     } else {
         rc = ngx_http_llm_body_model(r, ctx);
+    }
+
+    if (rc == NGX_OK && ctx->error.len == 0) {
+        rc = ngx_http_llm_model_name(r, ctx);
     }
 
     if (rc != NGX_OK || ctx->error.len) {
@@ -219,6 +257,93 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "model_not_found", "model",
                                        "The model \"%V\" is not served by "
                                        "this gateway", &ctx->model);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_scan_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_llm_request_t     *req;
+    ngx_http_llm_json_value_t  *so;
+
+    req = &ctx->req;
+
+    rc = ngx_http_llm_json_object(ctx->body.data,
+                                  ctx->body.data + ctx->body.len,
+                                  ngx_http_llm_request_member, req);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body must be a JSON "
+                                       "object");
+    }
+
+    so = &req->stream_options;
+
+    if (rc == NGX_OK && so->type == NGX_HTTP_LLM_JSON_OBJECT) {
+        rc = ngx_http_llm_json_object(so->start, so->end,
+                                      ngx_http_llm_stream_options_member,
+                                      req);
+    }
+
+    if (req->duplicate.len) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body has \"%V\" twice",
+                                       &req->duplicate);
+    }
+
+    if (req->folded.len) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body has the key "
+                                       "\"%V\": keys are case-sensitive",
+                                       &req->folded);
+    }
+
+    if (req->escaped_key) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "Escape sequences are not allowed in "
+                                       "the top-level keys of the request "
+                                       "or in those of stream_options");
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_json", NULL,
+                                       "The request body is not valid JSON");
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The model name goes to the statistics, the logs and error messages: a
+ * bounded length, valid UTF-8, no control characters.
+ */
+
+static ngx_int_t
+ngx_http_llm_model_name(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    if (ctx->model.len > NGX_HTTP_LLM_MODEL_MAX) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_model", "model",
+                                       "The model name is longer than %d "
+                                       "bytes", NGX_HTTP_LLM_MODEL_MAX);
+    }
+
+    if (ngx_http_llm_json_text(ctx->model.data, ctx->model.len) != NGX_OK) {
+        return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_model", "model",
+                                       "The model name must be valid UTF-8 "
+                                       "without control characters");
     }
 
     return NGX_OK;
@@ -390,6 +515,29 @@ ngx_http_llm_request_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
 {
     ngx_http_llm_request_t *req = data;
 
+    return ngx_http_llm_read_member(req, ngx_http_llm_request_members,
+                                    key, v);
+}
+
+
+static ngx_int_t
+ngx_http_llm_stream_options_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data)
+{
+    ngx_http_llm_request_t *req = data;
+
+    return ngx_http_llm_read_member(req, ngx_http_llm_stream_options_members,
+                                    key, v);
+}
+
+
+static ngx_int_t
+ngx_http_llm_read_member(ngx_http_llm_request_t *req,
+    ngx_http_llm_member_t *members, ngx_str_t *key,
+    ngx_http_llm_json_value_t *v)
+{
+    ngx_int_t                   rc;
+    ngx_http_llm_member_t      *m;
     ngx_http_llm_json_value_t  *dst;
 
     if (v->key_escaped) {
@@ -397,43 +545,30 @@ ngx_http_llm_request_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
         return NGX_ERROR;
     }
 
-    switch (key->len) {
+    for (m = members; m->name.len; m++) {
 
-    case 5:
-        dst = (ngx_strncmp(key->data, "model", 5) == 0) ? &req->model
-              : (ngx_strncmp(key->data, "input", 5) == 0) ? &req->input
-              : NULL;
-        break;
+        rc = ngx_http_llm_json_key(key, &m->name);
 
-    case 6:
-        dst = (ngx_strncmp(key->data, "stream", 6) == 0) ? &req->stream
-                                                         : NULL;
-        break;
+        if (rc == NGX_DECLINED) {
+            continue;
+        }
 
-    case 8:
-        dst = (ngx_strncmp(key->data, "messages", 8) == 0) ? &req->messages
-                                                           : NULL;
-        break;
+        if (rc == NGX_BUSY) {
+            req->folded = *key;
+            return NGX_ERROR;
+        }
 
-    case 14:
-        dst = (ngx_strncmp(key->data, "stream_options", 14) == 0)
-              ? &req->stream_options : NULL;
-        break;
+        dst = (ngx_http_llm_json_value_t *) ((u_char *) req + m->offset);
 
-    default:
-        dst = NULL;
-    }
+        if (dst->type != NGX_HTTP_LLM_JSON_NONE) {
+            req->duplicate = *key;
+            return NGX_ERROR;
+        }
 
-    if (dst == NULL) {
+        *dst = *v;
+
         return NGX_OK;
     }
-
-    if (dst->type != NGX_HTTP_LLM_JSON_NONE) {
-        req->duplicate = *key;
-        return NGX_ERROR;
-    }
-
-    *dst = *v;
 
     return NGX_OK;
 }

@@ -27,6 +27,7 @@ static u_char *ngx_http_llm_json_members(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_http_llm_json_member_pt handler, void *data);
 static u_char *ngx_http_llm_json_elements(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_uint_t *n);
+static size_t ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c);
 
 
 /* the bytes that end the plain run of a string: controls, '"' and '\\' */
@@ -514,6 +515,141 @@ ngx_http_llm_json_unescape(ngx_pool_t *pool, ngx_http_llm_json_value_t *v,
     }
 
     out->len = d - out->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * How a key read by the gateway compares to a name (lowercase ASCII):
+ * NGX_OK the same bytes, NGX_DECLINED another key, NGX_BUSY the same key
+ * to a parser that folds case.  Providers written in Go match JSON keys
+ * to their fields that way: "Model" sets the model, and so do U+017F (a
+ * long s) for "s" and U+212A (the Kelvin sign) for "k"; a key that one
+ * parser would take for a member the gateway reads must be refused, as a
+ * duplicate would be.
+ */
+
+ngx_int_t
+ngx_http_llm_json_key(ngx_str_t *key, ngx_str_t *name)
+{
+    u_char  *p, *last;
+    size_t   n, i;
+
+    if (key->len == name->len
+        && ngx_strncmp(key->data, name->data, name->len) == 0)
+    {
+        return NGX_OK;
+    }
+
+    if (key->len < name->len || key->len > name->len * 3) {
+        return NGX_DECLINED;
+    }
+
+    p = key->data;
+    last = p + key->len;
+
+    for (i = 0; i < name->len; i++) {
+
+        n = ngx_http_llm_json_fold(p, last, name->data[i]);
+
+        if (n == 0) {
+            return NGX_DECLINED;
+        }
+
+        p += n;
+    }
+
+    return (p == last) ? NGX_BUSY : NGX_DECLINED;
+}
+
+
+/* the bytes at p that fold to the lowercase ASCII c, or 0 */
+
+static size_t
+ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c)
+{
+    if (ngx_tolower(*p) == c) {
+        return 1;
+    }
+
+    if (c == 's' && last - p >= 2 && p[0] == 0xc5 && p[1] == 0xbf) {
+        return 2;
+    }
+
+    if (c == 'k' && last - p >= 3
+        && p[0] == 0xe2 && p[1] == 0x84 && p[2] == 0xaa)
+    {
+        return 3;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A name that the gateway stores, logs or echoes (a model): valid UTF-8
+ * (no overlong forms, no surrogates) and no control characters.
+ */
+
+ngx_int_t
+ngx_http_llm_json_text(u_char *p, size_t len)
+{
+    u_char      *last;
+    uint32_t     cp, min;
+    ngx_uint_t   i, n;
+
+    last = p + len;
+
+    while (p < last) {
+
+        if (*p < 0x80) {
+            if (*p < 0x20 || *p == 0x7f) {
+                return NGX_ERROR;
+            }
+
+            p++;
+            continue;
+        }
+
+        if (*p >= 0xc2 && *p <= 0xdf) {
+            n = 1;
+            min = 0x80;
+
+        } else if (*p >= 0xe0 && *p <= 0xef) {
+            n = 2;
+            min = 0x800;
+
+        } else if (*p >= 0xf0 && *p <= 0xf4) {
+            n = 3;
+            min = 0x10000;
+
+        } else {
+            return NGX_ERROR;
+        }
+
+        if ((size_t) (last - p) <= n) {
+            return NGX_ERROR;
+        }
+
+        cp = *p & (0x3f >> n);
+
+        for (i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                return NGX_ERROR;
+            }
+
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+
+        if (cp < min || cp > 0x10ffff
+            || (cp >= 0xd800 && cp <= 0xdfff) || cp <= 0x9f)
+        {
+            return NGX_ERROR;
+        }
+
+        p += n + 1;
+    }
 
     return NGX_OK;
 }

@@ -77,6 +77,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, pass_request_headers),
       NULL },
 
+    { ngx_string("llm_pass_forwarded"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, pass_forwarded),
+      NULL },
+
     { ngx_string("llm_attempts_header"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -215,6 +222,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
      */
 
     conf->pass_request_headers = NGX_CONF_UNSET;
+    conf->pass_forwarded = NGX_CONF_UNSET;
     conf->attempts_header = NGX_CONF_UNSET;
     conf->mock_chunks = NGX_CONF_UNSET_UINT;
     conf->mock_delay = NGX_CONF_UNSET_MSEC;
@@ -233,6 +241,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->pass_request_headers,
                          prev->pass_request_headers, 1);
+    ngx_conf_merge_value(conf->pass_forwarded, prev->pass_forwarded, 0);
     ngx_conf_merge_value(conf->attempts_header, prev->attempts_header, 0);
     ngx_conf_merge_uint_value(conf->mock_chunks, prev->mock_chunks, 4);
     ngx_conf_merge_msec_value(conf->mock_delay, prev->mock_delay, 0);

@@ -88,10 +88,17 @@ typedef struct {
     ngx_http_llm_json_value_t    messages;
     ngx_http_llm_json_value_t    stream;
     ngx_http_llm_json_value_t    stream_options;
+    ngx_http_llm_json_value_t    include_usage;  /* of stream_options */
     ngx_http_llm_json_value_t    input;
     ngx_str_t                    duplicate;
+    ngx_str_t                    folded;     /* a key of another case */
     ngx_uint_t                   escaped_key;
 } ngx_http_llm_request_t;
+
+
+/* the longest model name taken from a client or the configuration */
+
+#define NGX_HTTP_LLM_MODEL_MAX     256
 
 
 typedef struct {
@@ -276,6 +283,7 @@ typedef struct {
     ngx_http_llm_stats_t         total;
     time_t                       started;
     uint64_t                     evicted;
+    time_t                       evict_logged;
     ngx_http_llm_breaker_t       breaker[NGX_HTTP_LLM_BREAKERS];
 } ngx_http_llm_shctx_t;
 
@@ -322,6 +330,7 @@ typedef struct {
     ngx_uint_t                   route_line;
 
     ngx_flag_t                   pass_request_headers;
+    ngx_flag_t                   pass_forwarded;
     ngx_flag_t                   attempts_header;
 
     ngx_uint_t                   status;
@@ -599,6 +608,8 @@ ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
     ngx_http_llm_json_member_pt handler, void *data);
 ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
     ngx_http_llm_json_value_t *v, ngx_str_t *out);
+ngx_int_t ngx_http_llm_json_key(ngx_str_t *key, ngx_str_t *name);
+ngx_int_t ngx_http_llm_json_text(u_char *p, size_t len);
 
 /* stream output: ngx_http_llm_stream.c */
 ngx_int_t ngx_http_llm_stream_output(ngx_http_request_t *r,
@@ -664,6 +675,8 @@ ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t *b);
 ngx_int_t ngx_http_llm_error_filter_init(ngx_conf_t *cf);
+u_char *ngx_http_llm_log_text(u_char *dst, u_char *end, u_char *src,
+    size_t len);
 ngx_http_llm_ctx_t *ngx_http_llm_get_ctx(ngx_http_request_t *r);
 
 /* variables: ngx_http_llm_variables.c */

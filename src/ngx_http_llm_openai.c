@@ -16,8 +16,6 @@ static ngx_int_t ngx_http_llm_openai_create_request(ngx_http_request_t *r,
     ngx_chain_t **body);
 static ngx_int_t ngx_http_llm_openai_include_usage(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_edit_t *edit);
-static ngx_int_t ngx_http_llm_openai_include_member(ngx_str_t *key,
-    ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_openai_event(ngx_http_request_t *r,
     ngx_http_llm_sse_event_t *ev);
 static ngx_int_t ngx_http_llm_openai_chunk_member(ngx_str_t *key,
@@ -100,7 +98,7 @@ ngx_http_llm_openai_include_usage(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_edit_t *edit)
 {
     u_char                     *p, *last;
-    ngx_http_llm_json_value_t  *so, include;
+    ngx_http_llm_json_value_t  *so, *include;
 
     so = &ctx->req.stream_options;
 
@@ -135,23 +133,18 @@ ngx_http_llm_openai_include_usage(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    ngx_memzero(&include, sizeof(ngx_http_llm_json_value_t));
+    /* its members were read, once each, when the request was validated */
 
-    if (ngx_http_llm_json_object(so->start, so->end,
-                                 ngx_http_llm_openai_include_member, &include)
-        != NGX_OK)
-    {
-        return NGX_DECLINED;
-    }
+    include = &ctx->req.include_usage;
 
-    if (include.type == NGX_HTTP_LLM_JSON_TRUE) {
+    if (include->type == NGX_HTTP_LLM_JSON_TRUE) {
         /* the client asked for the usage chunk itself */
         return NGX_DECLINED;
     }
 
-    if (include.type != NGX_HTTP_LLM_JSON_NONE) {
-        edit->start = include.start;
-        edit->end = include.end;
+    if (include->type != NGX_HTTP_LLM_JSON_NONE) {
+        edit->start = include->start;
+        edit->end = include->end;
         ngx_str_set(&edit->text, "true");
         return NGX_OK;
     }
@@ -170,22 +163,6 @@ ngx_http_llm_openai_include_usage(ngx_http_request_t *r,
 
     } else {
         ngx_str_set(&edit->text, "\"include_usage\":true,");
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_llm_openai_include_member(ngx_str_t *key,
-    ngx_http_llm_json_value_t *v, void *data)
-{
-    ngx_http_llm_json_value_t *include = data;
-
-    if (key->len == sizeof("include_usage") - 1
-        && ngx_strncmp(key->data, "include_usage", key->len) == 0)
-    {
-        *include = *v;
     }
 
     return NGX_OK;

@@ -196,6 +196,12 @@ static ngx_str_t  ngx_http_llm_hide_headers[] = {
     ngx_string("X-Accel-Buffering"),
     ngx_string("X-Accel-Charset"),
     ngx_string("Set-Cookie"),
+    ngx_string("Location"),
+    ngx_string("Refresh"),
+    ngx_string("WWW-Authenticate"),
+    ngx_string("Proxy-Authenticate"),
+    ngx_string("Alt-Svc"),
+    ngx_string("Strict-Transport-Security"),
     ngx_string("OpenAI-Organization"),
     ngx_string("OpenAI-Project"),
     ngx_string("Anthropic-Organization-Id"),
@@ -504,9 +510,22 @@ ngx_http_llm_provider_model_cmd(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_llm_provider_t *p = conf;
 
     ngx_str_t             *value;
+    ngx_uint_t             i;
     ngx_http_llm_model_t  *m;
 
     value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0 || value[i].len > NGX_HTTP_LLM_MODEL_MAX
+            || ngx_http_llm_json_text(value[i].data, value[i].len) != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid model name \"%V\": 1 to %d bytes of "
+                               "UTF-8 text", &value[i],
+                               NGX_HTTP_LLM_MODEL_MAX);
+            return NGX_CONF_ERROR;
+        }
+    }
 
     if (p->models == NULL) {
         p->models = ngx_array_create(cf->pool, 4,
@@ -774,6 +793,21 @@ ngx_http_llm_provider_upstream(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     u->socket_keepalive = 0;
     u->local = NULL;
     u->preserve_output = 1;
+
+    /*
+     * nginx obeys these headers from an upstream (an X-Accel-Redirect to
+     * an internal location, say): a provider gets no such say
+     */
+
+    u->ignore_headers = NGX_HTTP_UPSTREAM_IGN_XA_REDIRECT
+                        |NGX_HTTP_UPSTREAM_IGN_XA_EXPIRES
+                        |NGX_HTTP_UPSTREAM_IGN_XA_LIMIT_RATE
+                        |NGX_HTTP_UPSTREAM_IGN_XA_BUFFERING
+                        |NGX_HTTP_UPSTREAM_IGN_XA_CHARSET
+                        |NGX_HTTP_UPSTREAM_IGN_EXPIRES
+                        |NGX_HTTP_UPSTREAM_IGN_CACHE_CONTROL
+                        |NGX_HTTP_UPSTREAM_IGN_SET_COOKIE
+                        |NGX_HTTP_UPSTREAM_IGN_VARY;
 
     ngx_str_set(&u->module, "llm");
 

@@ -16,6 +16,9 @@
 static ngx_int_t ngx_http_llm_reinit_request(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_status_line(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_process_header(ngx_http_request_t *r);
+static ngx_int_t ngx_http_llm_interim_reply(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_hop_headers(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_llm_wait_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_process_body_start(ngx_http_request_t *r);
@@ -39,7 +42,10 @@ static void ngx_http_llm_reply_type(ngx_http_request_t *r);
 static void ngx_http_llm_abort_request(ngx_http_request_t *r);
 static void ngx_http_llm_finalize_request(ngx_http_request_t *r,
     ngx_int_t rc);
-static ngx_uint_t ngx_http_llm_forward_header(ngx_http_llm_provider_t *p,
+static ngx_uint_t ngx_http_llm_header_in(ngx_str_t *names,
+    ngx_table_elt_t *h);
+static ngx_uint_t ngx_http_llm_forward_header(ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_provider_t *p,
     ngx_table_elt_t *h);
 
 
@@ -98,6 +104,22 @@ static ngx_str_t  ngx_http_llm_skip_headers[] = {
     ngx_string("x-goog-api-key"),
     ngx_string("openai-organization"),
     ngx_string("openai-project"),
+    ngx_string("content-encoding"),
+    ngx_string("x-http-method-override"),
+    ngx_string("x-http-method"),
+    ngx_string("x-method-override"),
+    ngx_null_string
+};
+
+
+/* client headers that say who the client is: llm_pass_forwarded */
+
+static ngx_str_t  ngx_http_llm_forwarded_headers[] = {
+    ngx_string("forwarded"),
+    ngx_string("x-forwarded-for"),
+    ngx_string("x-forwarded-host"),
+    ngx_string("x-forwarded-proto"),
+    ngx_string("x-real-ip"),
     ngx_null_string
 };
 
@@ -224,7 +246,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
                 i = 0;
             }
 
-            if (ngx_http_llm_forward_header(p, &h[i])) {
+            if (ngx_http_llm_forward_header(llcf, p, &h[i])) {
                 len += h[i].key.len + sizeof(": " CRLF) - 1 + h[i].value.len;
             }
         }
@@ -259,7 +281,7 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
                 i = 0;
             }
 
-            if (ngx_http_llm_forward_header(p, &h[i])) {
+            if (ngx_http_llm_forward_header(llcf, p, &h[i])) {
                 b->last = ngx_sprintf(b->last, "%V: %V" CRLF,
                                       &h[i].key, &h[i].value);
             }
@@ -302,23 +324,35 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
  */
 
 static ngx_uint_t
-ngx_http_llm_forward_header(ngx_http_llm_provider_t *p, ngx_table_elt_t *h)
+ngx_http_llm_forward_header(ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_provider_t *p, ngx_table_elt_t *h)
 {
-    ngx_str_t  *s;
-
-    if (h->hash == 0) {
+    if (h->hash == 0
+        || ngx_http_llm_header_in(ngx_http_llm_skip_headers, h)
+        || (!llcf->pass_forwarded
+            && ngx_http_llm_header_in(ngx_http_llm_forwarded_headers, h)))
+    {
         return 0;
     }
 
-    for (s = ngx_http_llm_skip_headers; s->len; s++) {
+    return !ngx_http_llm_provider_has_header(p, h->lowcase_key, h->key.len);
+}
+
+
+static ngx_uint_t
+ngx_http_llm_header_in(ngx_str_t *names, ngx_table_elt_t *h)
+{
+    ngx_str_t  *s;
+
+    for (s = names; s->len; s++) {
         if (s->len == h->key.len
             && ngx_strncmp(s->data, h->lowcase_key, s->len) == 0)
         {
-            return 0;
+            return 1;
         }
     }
 
-    return !ngx_http_llm_provider_has_header(p, h->lowcase_key, h->key.len);
+    return 0;
 }
 
 
@@ -493,6 +527,13 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
 
         if (rc == NGX_HTTP_PARSE_HEADER_DONE) {
 
+            ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+            if (u->headers_in.status_n < NGX_HTTP_OK) {
+                return ngx_http_llm_interim_reply(r, ctx);
+            }
+
+            ngx_http_llm_hop_headers(r);
             ngx_http_llm_reply_type(r);
 
             if (u->headers_in.chunked) {
@@ -504,7 +545,6 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
              * another one when the events of a stream are edited.
              */
 
-            ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
             ctx->length = u->headers_in.content_length_n;
 
             if (ctx->sse_reply && ctx->strip_usage
@@ -552,6 +592,135 @@ ngx_http_llm_process_header(ngx_http_request_t *r)
         ctx->bad_reply = 1;
 
         return NGX_HTTP_UPSTREAM_INVALID_HEADER;
+    }
+}
+
+
+/*
+ * A 1xx reply is interim: 100 Continue, 102 Processing and 103 Early
+ * Hints are skipped, and the final reply is read after them (its header
+ * still has to fit in buffer_size); 101 would switch the connection to
+ * another protocol, which no provider may do: an invalid reply.
+ */
+
+static ngx_int_t
+ngx_http_llm_interim_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    if (u->headers_in.status_n == NGX_HTTP_SWITCHING_PROTOCOLS
+        || u->headers_in.status_n < 100)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm provider \"%V\" sent status %ui, which a provider "
+                      "may not send", &ctx->provider->name,
+                      u->headers_in.status_n);
+        ctx->bad_reply = 1;
+        return NGX_HTTP_UPSTREAM_INVALID_HEADER;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm provider interim reply %ui skipped",
+                   u->headers_in.status_n);
+
+    ngx_memzero(&u->headers_in, sizeof(ngx_http_upstream_headers_in_t));
+    u->headers_in.content_length_n = -1;
+    u->headers_in.last_modified_time = -1;
+
+    if (ngx_list_init(&u->headers_in.headers, r->pool, 8,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK
+        || ngx_list_init(&u->headers_in.trailers, r->pool, 2,
+                         sizeof(ngx_table_elt_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (u->state) {
+        u->state->status = 0;
+    }
+
+    ngx_memzero(&ctx->status, sizeof(ngx_http_status_t));
+
+    u->process_header = ngx_http_llm_process_status_line;
+
+    return ngx_http_llm_process_status_line(r);
+}
+
+
+/*
+ * The headers that the provider's Connection header names are hop-by-hop:
+ * they do not reach the client (a header of hash 0 is not sent).
+ */
+
+static void
+ngx_http_llm_hop_headers(ngx_http_request_t *r)
+{
+    u_char               *p, *last, *start;
+    size_t                len;
+    ngx_uint_t            i;
+    ngx_list_part_t      *part;
+    ngx_table_elt_t      *h;
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    if (u->headers_in.connection == NULL) {
+        return;
+    }
+
+    p = u->headers_in.connection->value.data;
+    last = p + u->headers_in.connection->value.len;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ' ' && *p != '\t' && *p != ',') {
+            p++;
+        }
+
+        len = p - start;
+
+        if (len == 0
+            || (len == 5 && ngx_strncasecmp(start, (u_char *) "close", 5)
+                            == 0)
+            || (len == 10
+                && ngx_strncasecmp(start, (u_char *) "keep-alive", 10) == 0))
+        {
+            continue;
+        }
+
+        part = &u->headers_in.headers.part;
+        h = part->elts;
+
+        for (i = 0; /* void */; i++) {
+
+            if (i >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+
+                part = part->next;
+                h = part->elts;
+                i = 0;
+            }
+
+            if (h[i].key.len == len
+                && ngx_strncasecmp(h[i].key.data, start, len) == 0
+                && &h[i] != u->headers_in.content_type
+                && &h[i] != u->headers_in.content_length)
+            {
+                h[i].hash = 0;
+            }
+        }
     }
 }
 

@@ -19,10 +19,12 @@ static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_llm_stats_t *ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone,
-    ngx_uint_t kind, ngx_str_t *name, ngx_log_t *log);
+    ngx_uint_t kind, ngx_str_t *name, ngx_uint_t create, ngx_log_t *log);
 static void ngx_http_llm_stats_add(ngx_http_llm_stats_t *st,
     ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx, ngx_uint_t err,
     ngx_uint_t lat, ngx_int_t ttft);
+static ngx_uint_t ngx_http_llm_model_known(ngx_http_llm_model_t *map,
+    ngx_uint_t status);
 static ngx_uint_t ngx_http_llm_hist_index(ngx_msec_t ms);
 static ngx_uint_t ngx_http_llm_error_class(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
@@ -207,7 +209,7 @@ ngx_int_t
 ngx_http_llm_log_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  ttft;
-    ngx_uint_t                 i, err, lat;
+    ngx_uint_t                 i, err, lat, known;
     ngx_http_llm_ctx_t        *ctx;
     ngx_http_llm_attempt_t    *a;
     ngx_http_llm_zone_t       *zone;
@@ -236,19 +238,25 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
            ? (ngx_int_t) ngx_http_llm_hist_index(ctx->first_byte - ctx->start)
            : -1;
 
+    known = ngx_http_llm_model_known(ctx->model_map,
+                                     r->upstream
+                                     ? r->upstream->headers_in.status_n : 0);
+
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     ngx_http_llm_stats_add(&zone->sh->total, r, ctx, err, lat, ttft);
 
     if (ctx->provider) {
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
-                                    &ctx->provider->name, r->connection->log);
+                                    &ctx->provider->name, 1,
+                                    r->connection->log);
         if (st) {
             ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
         }
 
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
-                                    &ctx->upstream_model, r->connection->log);
+                                    &ctx->upstream_model, known,
+                                    r->connection->log);
         if (st) {
             ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
         }
@@ -267,7 +275,7 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
         zone->sh->total.attempts_failed += a->failed;
 
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
-                                    &a->peer->provider->name,
+                                    &a->peer->provider->name, 1,
                                     r->connection->log);
         if (st) {
             st->attempts++;
@@ -276,6 +284,7 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
 
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
                                     a->map ? &a->map->name : &ctx->model,
+                                    ngx_http_llm_model_known(a->map, a->status),
                                     r->connection->log);
         if (st) {
             st->attempts++;
@@ -321,18 +330,42 @@ ngx_http_llm_error_class(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 }
 
 
+/*
+ * A model gets statistics of its own unless no "model" line names it and
+ * the provider refused it (400 or 404, as providers answer an unknown
+ * model): names that a client makes up for a provider without "model"
+ * lines count in the totals only, so that they cannot push the others
+ * out of the zone.
+ */
+
+static ngx_uint_t
+ngx_http_llm_model_known(ngx_http_llm_model_t *map, ngx_uint_t status)
+{
+    return map != NULL
+           || (status != NGX_HTTP_BAD_REQUEST && status != NGX_HTTP_NOT_FOUND);
+}
+
+
+/*
+ * The node of a provider or a model, found, or made when create is set;
+ * names are kept and compared in their first NGX_HTTP_LLM_MODEL_MAX bytes.
+ */
+
 static ngx_http_llm_stats_t *
 ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
-    ngx_str_t *name, ngx_log_t *log)
+    ngx_str_t *name, ngx_uint_t create, ngx_log_t *log)
 {
-    size_t                n;
+    size_t                n, len;
     uint32_t              hash;
     ngx_int_t             rc;
     ngx_queue_t          *q;
     ngx_rbtree_node_t    *node, *sentinel;
     ngx_http_llm_node_t  *ln;
+    u_char                text[NGX_HTTP_LLM_MODEL_MAX * 4];
 
-    hash = ngx_crc32_short(name->data, name->len) ^ (uint32_t) kind;
+    len = ngx_min(name->len, NGX_HTTP_LLM_MODEL_MAX);
+
+    hash = ngx_crc32_short(name->data, len) ^ (uint32_t) kind;
 
     node = zone->sh->rbtree.root;
     sentinel = zone->sh->rbtree.sentinel;
@@ -352,7 +385,7 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
         ln = (ngx_http_llm_node_t *) &node->color;
 
         rc = (kind == ln->kind) ? ngx_memn2cmp(name->data, ln->name,
-                                               name->len, (size_t) ln->len)
+                                               len, (size_t) ln->len)
                                 : (ngx_int_t) kind - (ngx_int_t) ln->kind;
 
         if (rc == 0) {
@@ -364,9 +397,12 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
         node = (rc < 0) ? node->left : node->right;
     }
 
+    if (!create) {
+        return NULL;
+    }
+
     n = offsetof(ngx_rbtree_node_t, color)
-        + offsetof(ngx_http_llm_node_t, name)
-        + ngx_min(name->len, 65535);
+        + offsetof(ngx_http_llm_node_t, name) + len;
 
     node = ngx_slab_alloc_locked(zone->shpool, n);
 
@@ -377,6 +413,22 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
         q = ngx_queue_last(&zone->sh->queue);
         ln = ngx_queue_data(q, ngx_http_llm_node_t, queue);
 
+        zone->sh->evicted++;
+
+        /* once a minute at most, with the count so far */
+
+        if (ngx_time() - zone->sh->evict_logged >= 60) {
+            zone->sh->evict_logged = ngx_time();
+
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "llm_zone \"%V\" is full: the statistics of \"%*s\" "
+                          "were dropped (they stay in the totals; %uL "
+                          "dropped since the start)", &zone->name,
+                          ngx_http_llm_log_text(text, text + sizeof(text),
+                                                ln->name, ln->len) - text,
+                          text, zone->sh->evicted);
+        }
+
         ngx_queue_remove(q);
 
         node = (ngx_rbtree_node_t *)
@@ -385,20 +437,16 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
         ngx_rbtree_delete(&zone->sh->rbtree, node);
         ngx_slab_free_locked(zone->shpool, node);
 
-        zone->sh->evicted++;
-
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "llm_zone \"%V\" is full: the statistics of \"%*s\" "
-                      "were dropped (they stay in the totals)",
-                      &zone->name, (size_t) ln->len, ln->name);
-
         node = ngx_slab_alloc_locked(zone->shpool, n);
     }
 
     if (node == NULL) {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "llm_zone \"%V\" is too small for the statistics of "
-                      "\"%V\"", &zone->name, name);
+                      "\"%*s\"", &zone->name,
+                      ngx_http_llm_log_text(text, text + sizeof(text),
+                                            name->data, len) - text,
+                      text);
         return NULL;
     }
 
@@ -406,9 +454,9 @@ ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
 
     node->key = hash;
     ln->kind = (u_char) kind;
-    ln->len = (u_short) ngx_min(name->len, 65535);
+    ln->len = (u_short) len;
 
-    ngx_memcpy(ln->name, name->data, ln->len);
+    ngx_memcpy(ln->name, name->data, len);
     ngx_memzero(&ln->stats, sizeof(ngx_http_llm_stats_t));
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);

@@ -439,7 +439,11 @@ CONF
     my @full = grep { /llm_zone.*is full/ } split /\n/, $t->error_log;
     ok(@full > 0, 'undersized zone: "is full" is logged (' . scalar(@full) . ' times)');
     cmp_ok($st->{evicted} // 0, '>', 0, "undersized zone: evicted = " . ($st->{evicted} // 'undef'));
-    is($st->{evicted}, scalar @full, 'undersized zone: evicted = the number of "is full" log lines');
+    # the "is full" line comes once a minute at most, with the count so far
+    is(scalar @full, 1, 'undersized zone: "is full" is logged once (the test takes less than a minute)');
+    my ($logged) = ($full[0] // '') =~ /(\d+) dropped since the start/;
+    ok($logged && $logged <= $st->{evicted}, 'undersized zone: the line says how many were dropped so far')
+        or diag($full[0]);
     is_deeply(flat($st->{total}), flat(sums(@lines)), 'undersized zone: the totals are still the exact log sums');
     is_deeply(flat($st->{providers}{pa}), flat(sums(@lines)),
               'undersized zone: the provider (used by every request, never the least recently used) is exact');
