@@ -3,11 +3,17 @@
  * nginx-llm-gateway: circuit breakers.
  *
  * A breaker per provider, in the shared zone, the same for every worker:
- * closed; open after the provider failed so many times in a row (or at
- * once, for as long as a 429's Retry-After says); after the cooldown,
- * half-open: one request, and one only across the workers, probes the
- * provider, and closes the breaker or opens it again.  Routes skip the
- * providers whose breaker is open.
+ * closed; open when, over a sliding window, the provider failed at least
+ * so many times and in at least such a share of its attempts (or at once,
+ * for as long as a Retry-After says); after the cooldown, half-open: one
+ * request, and one only across the workers, probes the provider, and
+ * closes the breaker or opens it again.  Routes skip the providers whose
+ * breaker is open.
+ *
+ * The breaker judges the provider, not a client: a read timeout (a reply
+ * that takes long, which a client can ask for) counts once per client and
+ * window, and a failure needs the provider's other traffic to be failing
+ * too, so that no client can open a breaker that every client shares.
  */
 
 
@@ -16,15 +22,22 @@
 
 static ngx_http_llm_breaker_t *ngx_http_llm_breaker_find(
     ngx_http_llm_shctx_t *sh, ngx_str_t *name, ngx_uint_t create);
+static void ngx_http_llm_breaker_window(ngx_http_llm_breaker_t *b,
+    ngx_http_llm_provider_t *p);
+static ngx_uint_t ngx_http_llm_breaker_slow(ngx_http_request_t *r,
+    ngx_http_llm_breaker_t *b);
+static ngx_uint_t ngx_http_llm_breaker_tripped(ngx_http_llm_breaker_t *b,
+    ngx_http_llm_provider_t *p);
 
 
-/* breaker failures=N cooldown=TIME | off */
+/* breaker failures=N [rate=P%] [window=TIME] cooldown=TIME | off */
 
 char *
 ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_provider_t *p = conf;
 
+    ngx_int_t    n;
     ngx_str_t   *value, s;
     ngx_uint_t   i;
 
@@ -33,6 +46,13 @@ ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     value = cf->args->elts;
+
+    if (p->name.len > NGX_HTTP_LLM_BREAKER_NAME) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "a provider with a breaker needs a name of at "
+                           "most %d bytes", NGX_HTTP_LLM_BREAKER_NAME);
+        return NGX_CONF_ERROR;
+    }
 
     if (cf->args->nelts == 2
         && value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0)
@@ -49,6 +69,34 @@ ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             if (p->breaker_failures == NGX_ERROR
                 || p->breaker_failures == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "rate=", 5) == 0
+            && value[i].len > 6 && value[i].data[value[i].len - 1] == '%')
+        {
+            n = ngx_atoi(value[i].data + 5, value[i].len - 6);
+
+            if (n == NGX_ERROR || n == 0 || n > 100) {
+                goto invalid;
+            }
+
+            p->breaker_rate = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            p->breaker_window = ngx_parse_time(&s, 0);
+
+            if (p->breaker_window == (ngx_msec_t) NGX_ERROR
+                || p->breaker_window < 1000)
             {
                 goto invalid;
             }
@@ -83,8 +131,8 @@ ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\" (failures=N, cooldown=TIME "
-                       "or off)", &value[i]);
+                       "invalid parameter \"%V\" (failures=N, rate=P%%, "
+                       "window=TIME, cooldown=TIME or off)", &value[i]);
     return NGX_CONF_ERROR;
 }
 
@@ -146,11 +194,11 @@ ngx_http_llm_breaker_allow(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 }
 
 
-/* how an attempt with the provider ended */
+/* how an attempt with the provider ended: NGX_HTTP_LLM_ATTEMPT_* */
 
 void
 ngx_http_llm_breaker_report(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
-    ngx_uint_t failed, ngx_msec_t retry_after)
+    ngx_uint_t result, ngx_msec_t retry_after)
 {
     ngx_msec_t                 open;
     ngx_http_llm_zone_t       *zone;
@@ -165,32 +213,54 @@ ngx_http_llm_breaker_report(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
     zone = lmcf->zone->data;
 
-    open = failed ? retry_after : 0;
+    open = (result != NGX_HTTP_LLM_ATTEMPT_OK) ? retry_after : 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    b = ngx_http_llm_breaker_find(zone->sh, &p->name, failed);
+    b = ngx_http_llm_breaker_find(zone->sh, &p->name, 1);
 
     if (b == NULL) {
         goto done;
     }
 
-    if (!failed) {
+    ngx_http_llm_breaker_window(b, p);
+
+    if (result == NGX_HTTP_LLM_ATTEMPT_OK) {
+
         if (b->state != NGX_HTTP_LLM_CLOSED) {
             ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                           "llm provider \"%V\": breaker closed", &p->name);
+
+            /* the provider is back: its failures are history */
+
+            b->state = NGX_HTTP_LLM_CLOSED;
+            b->window = ngx_current_msec;
+            b->attempts = 0;
+            b->failures = 0;
+            b->prev_attempts = 0;
+            b->prev_failures = 0;
+            b->nslow = 0;
         }
 
-        b->state = NGX_HTTP_LLM_CLOSED;
-        b->failures = 0;
+        b->attempts++;
         goto done;
     }
 
+    if (result == NGX_HTTP_LLM_ATTEMPT_SLOW
+        && b->state == NGX_HTTP_LLM_CLOSED
+        && !ngx_http_llm_breaker_slow(r, b))
+    {
+        /* this client's slow attempts have counted in this window */
+        goto done;
+    }
+
+    b->attempts++;
     b->failures++;
 
     if (b->state == NGX_HTTP_LLM_HALF_OPEN
-        || b->failures >= (ngx_uint_t) p->breaker_failures
-        || open)
+        || open
+        || (b->state == NGX_HTTP_LLM_CLOSED
+            && ngx_http_llm_breaker_tripped(b, p)))
     {
         if (open == 0) {
             open = p->breaker_cooldown;
@@ -205,13 +275,104 @@ ngx_http_llm_breaker_report(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "llm provider \"%V\": breaker open for %M ms after "
-                      "%ui failure(s) in a row", &p->name, open,
-                      b->failures);
+                      "%ui failure(s) in %ui attempt(s)", &p->name, open,
+                      b->failures + b->prev_failures,
+                      b->attempts + b->prev_attempts);
     }
 
 done:
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * The window slides: when it is over, it becomes the previous one (or,
+ * after a longer silence, both are forgotten).
+ */
+
+static void
+ngx_http_llm_breaker_window(ngx_http_llm_breaker_t *b,
+    ngx_http_llm_provider_t *p)
+{
+    ngx_msec_t  elapsed;
+
+    elapsed = ngx_current_msec - b->window;
+
+    if (elapsed < p->breaker_window) {
+        return;
+    }
+
+    if (elapsed < 2 * p->breaker_window) {
+        b->prev_attempts = b->attempts;
+        b->prev_failures = b->failures;
+        b->window += p->breaker_window;
+
+    } else {
+        b->prev_attempts = 0;
+        b->prev_failures = 0;
+        b->window = ngx_current_msec;
+    }
+
+    b->attempts = 0;
+    b->failures = 0;
+    b->nslow = 0;
+}
+
+
+/*
+ * Does a slow attempt of this client count?  The first of each client in
+ * a window does; the client is its key (else its address).
+ */
+
+static ngx_uint_t
+ngx_http_llm_breaker_slow(ngx_http_request_t *r, ngx_http_llm_breaker_t *b)
+{
+    uint32_t    id;
+    ngx_str_t   key;
+    ngx_uint_t  i;
+
+    if (ngx_http_llm_client_key(r, &key) == NULL || key.len == 0) {
+        key = r->connection->addr_text;
+    }
+
+    id = ngx_crc32_short(key.data, key.len);
+
+    for (i = 0; i < b->nslow; i++) {
+        if (b->slow[i] == id) {
+            return 0;
+        }
+    }
+
+    if (b->nslow < NGX_HTTP_LLM_SLOW_CLIENTS) {
+        b->slow[b->nslow++] = id;
+    }
+
+    return 1;
+}
+
+
+/*
+ * Enough failures, and a large enough share of the attempts, over the
+ * window: the previous window counts in proportion to what of it is
+ * still within a window of now.
+ */
+
+static ngx_uint_t
+ngx_http_llm_breaker_tripped(ngx_http_llm_breaker_t *b,
+    ngx_http_llm_provider_t *p)
+{
+    uint64_t  weight, failures, attempts;
+
+    weight = p->breaker_window - (ngx_current_msec - b->window);
+
+    failures = (uint64_t) b->failures * p->breaker_window
+               + (uint64_t) b->prev_failures * weight;
+    attempts = (uint64_t) b->attempts * p->breaker_window
+               + (uint64_t) b->prev_attempts * weight;
+
+    return failures >= (uint64_t) p->breaker_failures * p->breaker_window
+           && failures * 100 >= attempts * p->breaker_rate;
 }
 
 
@@ -224,7 +385,7 @@ ngx_http_llm_breaker_find(ngx_http_llm_shctx_t *sh, ngx_str_t *name,
     ngx_uint_t               i;
     ngx_http_llm_breaker_t  *b, *free;
 
-    len = ngx_min(name->len, sizeof(b->name));
+    len = ngx_min(name->len, NGX_HTTP_LLM_BREAKER_NAME);
     hash = ngx_crc32_short(name->data, len) | 1;
 
     free = NULL;
@@ -252,6 +413,7 @@ ngx_http_llm_breaker_find(ngx_http_llm_shctx_t *sh, ngx_str_t *name,
     free->hash = hash;
     free->len = (u_short) len;
     ngx_memcpy(free->name, name->data, len);
+    free->window = ngx_current_msec;
 
     return free;
 }
@@ -302,7 +464,10 @@ ngx_http_llm_retry_after(ngx_http_request_t *r)
 }
 
 
-/* "breakers":{"openai":{"state":"open","failures":5,"opened":1},...} */
+/*
+ * "breakers":{"openai":{"state":"open","failures":5,"attempts":8,
+ * "opened":1},...}: the failures and attempts of the window
+ */
 
 u_char *
 ngx_http_llm_breaker_status(u_char *p, ngx_http_llm_breaker_t *breakers)
@@ -332,8 +497,9 @@ ngx_http_llm_breaker_status(u_char *p, ngx_http_llm_breaker_t *breakers)
         *p++ = '"';
         p = (u_char *) ngx_escape_json(p, b->name, b->len);
         p = ngx_sprintf(p, "\":{\"state\":\"%s\",\"failures\":%ui,"
-                        "\"opened\":%uL}", states[b->state], b->failures,
-                        b->opened);
+                        "\"attempts\":%ui,\"opened\":%uL}",
+                        states[b->state], b->failures + b->prev_failures,
+                        b->attempts + b->prev_attempts, b->opened);
     }
 
     *p++ = '}';

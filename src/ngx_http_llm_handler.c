@@ -509,6 +509,43 @@ ngx_http_llm_client_header(ngx_http_request_t *r, u_char *lowcase_key,
 }
 
 
+/*
+ * The client's own key, as its SDK sends it: the Bearer token of
+ * Authorization, else X-Api-Key, else X-Goog-Api-Key; the header, or NULL.
+ */
+
+ngx_table_elt_t *
+ngx_http_llm_client_key(ngx_http_request_t *r, ngx_str_t *key)
+{
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(key);
+
+    h = r->headers_in.authorization;
+
+    if (h && h->value.len > 7
+        && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0)
+    {
+        key->data = h->value.data + 7;
+        key->len = h->value.len - 7;
+        return h;
+    }
+
+    h = ngx_http_llm_client_header(r, (u_char *) "x-api-key",
+                                   sizeof("x-api-key") - 1);
+    if (h == NULL) {
+        h = ngx_http_llm_client_header(r, (u_char *) "x-goog-api-key",
+                                       sizeof("x-goog-api-key") - 1);
+    }
+
+    if (h) {
+        *key = h->value;
+    }
+
+    return h;
+}
+
+
 static ngx_int_t
 ngx_http_llm_request_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
     void *data)

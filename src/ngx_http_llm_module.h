@@ -127,6 +127,8 @@ struct ngx_http_llm_provider_s {
     ngx_int_t                    keepalive;
     ngx_flag_t                   stream_usage;
     ngx_int_t                    breaker_failures;  /* 0: off */
+    ngx_uint_t                   breaker_rate;      /* percent */
+    ngx_msec_t                   breaker_window;
     ngx_msec_t                   breaker_cooldown;
     ngx_msec_t                   first_byte_timeout;
     ngx_uint_t                   ssl;
@@ -203,6 +205,7 @@ typedef struct {
     ngx_uint_t                   error;     /* NGX_HTTP_LLM_ERROR_* */
     ngx_msec_t                   retry_after;
     unsigned                     timeout:1;
+    unsigned                     slow:1;    /* a read timeout */
     unsigned                     done:1;
     unsigned                     used:1;    /* made, or under way */
     unsigned                     repeat:1;  /* of a provider tried before */
@@ -260,19 +263,36 @@ typedef struct {
 /* a circuit breaker of a provider, shared by the workers */
 
 #define NGX_HTTP_LLM_BREAKERS      64
+#define NGX_HTTP_LLM_BREAKER_NAME  64
+#define NGX_HTTP_LLM_SLOW_CLIENTS  16
 
 #define NGX_HTTP_LLM_CLOSED        0
 #define NGX_HTTP_LLM_OPEN          1
 #define NGX_HTTP_LLM_HALF_OPEN     2
 
+/* how an attempt ended, for its provider's breaker */
+#define NGX_HTTP_LLM_ATTEMPT_OK        0
+#define NGX_HTTP_LLM_ATTEMPT_FAILED    1
+#define NGX_HTTP_LLM_ATTEMPT_SLOW      2    /* no reply in read time */
+
 typedef struct {
     uint32_t                     hash;          /* of the name; 0: free */
     u_short                      len;
-    u_char                       name[32];
+    u_char                       name[NGX_HTTP_LLM_BREAKER_NAME];
     ngx_uint_t                   state;
-    ngx_uint_t                   failures;      /* in a row */
     ngx_msec_t                   until;         /* open, or the probe's */
     uint64_t                     opened;        /* times */
+
+    /* attempts and failures of this window and of the one before */
+    ngx_msec_t                   window;        /* when this one began */
+    ngx_uint_t                   attempts;
+    ngx_uint_t                   failures;
+    ngx_uint_t                   prev_attempts;
+    ngx_uint_t                   prev_failures;
+
+    /* the clients whose slow attempts counted in this window */
+    uint32_t                     slow[NGX_HTTP_LLM_SLOW_CLIENTS];
+    ngx_uint_t                   nslow;
 } ngx_http_llm_breaker_t;
 
 
@@ -580,6 +600,8 @@ cJSON *ngx_http_llm_parse_json(ngx_http_request_t *r, ngx_str_t *body);
 ngx_uint_t ngx_http_llm_endpoint(ngx_str_t *uri);
 ngx_table_elt_t *ngx_http_llm_client_header(ngx_http_request_t *r,
     u_char *lowcase_key, size_t len);
+ngx_table_elt_t *ngx_http_llm_client_key(ngx_http_request_t *r,
+    ngx_str_t *key);
 
 /* the upstream callbacks: ngx_http_llm_upstream.c */
 void ngx_http_llm_upstream_start(ngx_http_request_t *r,
@@ -659,7 +681,7 @@ char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_llm_breaker_allow(ngx_http_request_t *r,
     ngx_http_llm_provider_t *p, ngx_msec_t *retry, ngx_uint_t probe);
 void ngx_http_llm_breaker_report(ngx_http_request_t *r,
-    ngx_http_llm_provider_t *p, ngx_uint_t failed, ngx_msec_t retry_after);
+    ngx_http_llm_provider_t *p, ngx_uint_t result, ngx_msec_t retry_after);
 ngx_msec_t ngx_http_llm_retry_after(ngx_http_request_t *r);
 u_char *ngx_http_llm_breaker_status(u_char *p,
     ngx_http_llm_breaker_t *breakers);

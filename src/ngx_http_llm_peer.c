@@ -300,6 +300,7 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
     pc->tries = 0;
 
     a->timeout = (c && (c->read->timedout || c->write->timedout));
+    a->slow = (c && c->read->timedout);
 
     /*
      * A kept-alive connection that broke before a reply is not the
@@ -332,7 +333,10 @@ ngx_http_llm_peer_free(ngx_peer_connection_t *pc, void *data,
         a->failed = ngx_http_llm_attempt_failed(a);
         a->reported = 1;
 
-        ngx_http_llm_breaker_report(r, a->peer->provider, a->failed, 0);
+        ngx_http_llm_breaker_report(r, a->peer->provider,
+                                    !a->failed ? NGX_HTTP_LLM_ATTEMPT_OK
+                                    : a->slow ? NGX_HTTP_LLM_ATTEMPT_SLOW
+                                    : NGX_HTTP_LLM_ATTEMPT_FAILED, 0);
     }
 
     if (!(state & NGX_PEER_FAILED)) {

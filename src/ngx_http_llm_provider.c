@@ -249,6 +249,8 @@ ngx_http_llm_provider_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     p->keepalive = NGX_CONF_UNSET;
     p->stream_usage = NGX_CONF_UNSET;
     p->breaker_failures = NGX_CONF_UNSET;
+    p->breaker_rate = NGX_CONF_UNSET_UINT;
+    p->breaker_window = NGX_CONF_UNSET_MSEC;
     p->breaker_cooldown = NGX_CONF_UNSET_MSEC;
 
     p->upstream.connect_timeout = NGX_CONF_UNSET_MSEC;
@@ -613,6 +615,8 @@ ngx_http_llm_provider_init(ngx_conf_t *cf, ngx_http_llm_provider_t *p)
     ngx_conf_init_value(p->stream_usage, 1);
     ngx_conf_init_value(p->breaker_failures, 0);
     ngx_conf_init_msec_value(p->breaker_cooldown, 30000);
+    ngx_conf_init_uint_value(p->breaker_rate, 50);
+    ngx_conf_init_msec_value(p->breaker_window, 60000);
 
     rv = ngx_http_llm_provider_url(cf, p);
     if (rv != NGX_CONF_OK) {

@@ -986,7 +986,9 @@ ngx_http_llm_reply_ready(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     a->failed = ngx_http_llm_attempt_failed(a);
     a->reported = 1;
 
-    ngx_http_llm_breaker_report(r, a->peer->provider, a->failed,
+    ngx_http_llm_breaker_report(r, a->peer->provider,
+                                a->failed ? NGX_HTTP_LLM_ATTEMPT_FAILED
+                                          : NGX_HTTP_LLM_ATTEMPT_OK,
                                 a->retry_after);
 
     /* a success goes on at once */
@@ -1457,7 +1459,10 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
         && ctx->nattempts)
     {
         ctx->attempt[ctx->current].failed = 1;
-        ngx_http_llm_breaker_report(r, ctx->provider, 1, 0);
+        ngx_http_llm_breaker_report(r, ctx->provider,
+                                    (rc == NGX_HTTP_GATEWAY_TIME_OUT)
+                                    ? NGX_HTTP_LLM_ATTEMPT_SLOW
+                                    : NGX_HTTP_LLM_ATTEMPT_FAILED, 0);
     }
 
     if (!ctx->sse_reply || ctx->done

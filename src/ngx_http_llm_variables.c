@@ -329,32 +329,10 @@ done:
 static ngx_int_t
 ngx_http_llm_key_id(ngx_http_request_t *r, ngx_str_t *s)
 {
-    u_char            *p, md[SHA256_DIGEST_LENGTH];
-    ngx_str_t          key;
-    ngx_table_elt_t   *h;
+    u_char     *p, md[SHA256_DIGEST_LENGTH];
+    ngx_str_t   key;
 
-    ngx_str_null(&key);
-
-    h = r->headers_in.authorization;
-
-    if (h && h->value.len > 7
-        && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ", 7) == 0)
-    {
-        key.data = h->value.data + 7;
-        key.len = h->value.len - 7;
-
-    } else {
-        h = ngx_http_llm_client_header(r, (u_char *) "x-api-key",
-                                       sizeof("x-api-key") - 1);
-        if (h == NULL) {
-            h = ngx_http_llm_client_header(r, (u_char *) "x-goog-api-key",
-                                           sizeof("x-goog-api-key") - 1);
-        }
-
-        if (h) {
-            key = h->value;
-        }
-    }
+    (void) ngx_http_llm_client_key(r, &key);
 
     if (key.len == 0) {
         return NGX_OK;

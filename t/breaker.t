@@ -1,7 +1,10 @@
 #!/usr/bin/perl
-# Circuit breakers: shared by the workers; open after failures in a row,
-# skipped by routes while open; an immediate 503 when every provider of a
-# route is open; after the cooldown one probe, one only across the workers.
+# Circuit breakers: shared by the workers; open after enough failures that
+# are a large enough share of the attempts of a sliding window, skipped by
+# routes while open; an immediate 503 when every provider of a route is
+# open; after the cooldown one probe, one only across the workers.  A read
+# timeout counts once per client and window, so that one client's slow
+# requests cannot open a breaker that every client shares.
 
 use strict;
 use warnings;
@@ -46,6 +49,24 @@ http {
                            breaker failures=2 cooldown=60s; }
     llm_route limited { provider limited; }
 
+    llm_provider share { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                         breaker failures=3 rate=50% cooldown=60s; }
+    llm_route share { provider share; }
+
+    llm_provider slow { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                        read_timeout 1s;
+                        breaker failures=2 cooldown=60s; }
+    llm_route slow { provider slow; retry off; }
+
+    llm_provider reasoning { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                             first_byte_timeout 1s;
+                             breaker failures=3 cooldown=60s; }
+    llm_route reasoning { provider reasoning; retry off; }
+
+    llm_provider brief { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k;
+                         breaker failures=2 window=2s cooldown=60s; }
+    llm_route brief { provider brief; }
+
     llm_provider down1 { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; header X-Mock-Status 503;
                          breaker failures=1 cooldown=60s; }
     llm_provider down2 { url http://127.0.0.1:%%PORT_MOCK%%/v1; key k; header X-Mock-Status 503;
@@ -71,6 +92,10 @@ http {
         location /kept/v1/  { llm_pass kept; }
         location /limited/v1/ { llm_pass limited; }
         location /both/v1/  { llm_pass both; }
+        location /share/v1/ { llm_pass share; }
+        location /slow/v1/  { llm_pass slow; }
+        location /reasoning/v1/ { llm_pass reasoning; }
+        location /brief/v1/ { llm_pass brief; }
         location /recover/v1/ { llm_pass recover; }
         location = /status  { llm_status; }
     }
@@ -190,7 +215,9 @@ sub mock_requests { scalar grep { /chat\/completions/ } $t->access_log('mock.log
 
     $r = chat('limited');
     is($r->{status}, 200, 'a success');
-    is((status()->{breakers}{limited} // {})->{failures}, 0, 'a success resets the failures');
+    $b = status()->{breakers}{limited} // {};
+    is($b->{failures}, 1, 'a success: still one failure in the window');
+    is($b->{attempts}, 2, 'a success: two attempts in the window');
 
     $r = chat('limited', 'X-Mock-Status' => 429);
     is($r->{headers}{'retry-after'}, '1', 'a 429 with Retry-After: 1');
@@ -264,6 +291,65 @@ for my $round (1 .. 3) {
     is(mock_requests() - $before, 0, 'no provider was touched after the reload');
 }
 
+# the share of failures: failures=3 rate=50% stays closed while the
+# failures are fewer than half of the attempts, and opens when they are not
+{
+    my @pattern = (503, 0, 0, 503, 0, 0, 503);
+    for my $st (@pattern) {
+        chat('share', $st ? ('X-Mock-Status' => $st) : ());
+    }
+    my $b = status()->{breakers}{share} // {};
+    is($b->{state}, 'closed', '3 failures in 7 attempts (43%): closed');
+    is($b->{failures}, 3, '3 failures counted');
+    is($b->{attempts}, 7, '7 attempts counted');
+    chat('share', 'X-Mock-Status' => 503);
+    $b = status()->{breakers}{share} // {};
+    is($b->{state}, 'open', '4 failures in 8 attempts (50%): open');
+}
+
+# one client's slow requests (past the read_timeout) count once in the
+# window: the breaker opens only when other clients time out too
+{
+    my $slow = sub { chat('slow', 'X-Mock-Delay' => 1500, 'Authorization' => "Bearer $_[0]") };
+    for (1 .. 4) {
+        my $r = $slow->('client-a');
+        error_ok($r, 504, 'provider_timeout', 'a slow request of client A: 504');
+    }
+    my $b = status()->{breakers}{slow} // {};
+    is($b->{state}, 'closed', "4 slow requests of one client: the breaker stays closed");
+    is($b->{failures}, 1, 'they count as one failure');
+    is(chat('slow', 'Authorization' => 'Bearer client-c')->{status}, 200, 'another client is served');
+
+    $slow->('client-b');
+    $b = status()->{breakers}{slow} // {};
+    is($b->{state}, 'open', 'a second client timing out too: the provider is judged slow, open');
+}
+
+# the attack of a client that asks for long reasoning, streamed, past the
+# first_byte_timeout: three in a row do not open the breaker of failures=3
+{
+    for (1 .. 3) {
+        my $r = http_request(port => $gw, method => 'POST', path => '/reasoning/v1/chat/completions',
+                             body => { model => 'm', messages => $msgs, stream => JSON::PP::true },
+                             headers => [ 'X-Mock-Delay' => 1500, 'X-Api-Key' => 'tenant-x' ], timeout => 15);
+        error_ok($r, 504, 'provider_timeout', 'a stream past first_byte_timeout: 504');
+    }
+    is((status()->{breakers}{reasoning} // {})->{state}, 'closed',
+       "one client's 3 slow streams: the breaker everyone shares stays closed");
+}
+
+# failures older than the window are forgotten
+{
+    chat('brief', 'X-Mock-Status' => 503);
+    sleep 4.2;
+    chat('brief', 'X-Mock-Status' => 503);
+    my $b = status()->{breakers}{brief} // {};
+    is($b->{state}, 'closed', 'two failures more than two windows apart: closed');
+    is($b->{failures}, 1, 'one failure in the window');
+    chat('brief', 'X-Mock-Status' => 503);
+    is((status()->{breakers}{brief} // {})->{state}, 'open', 'two in the window: open');
+}
+
 # configuration
 {
     my ($rc, $out) = $t->nginx_t(<<'CONF');
@@ -274,6 +360,26 @@ http {
 CONF
     isnt($rc, 0, 'breaker failures=0 fails nginx -t');
     like($out, qr/invalid parameter "failures=0"/, 'and says why');
+
+    for my $bad ('rate=0%', 'rate=101%', 'rate=50', 'window=100ms', 'window=x') {
+        ($rc, $out) = $t->nginx_t(<<"CONF");
+http {
+    llm_provider a { url http://127.0.0.1:1/v1; breaker failures=2 $bad; }
+    server { listen 127.0.0.1:%%PORT_X%%; location / { llm_pass a; } }
+}
+CONF
+        isnt($rc, 0, "breaker $bad fails nginx -t");
+        like($out, qr/invalid parameter "\Q$bad\E"/, "breaker $bad: says why");
+    }
+
+    ($rc, $out) = $t->nginx_t(<<'CONF');
+http {
+    llm_zone llm 1m;
+    llm_provider a { url http://127.0.0.1:1/v1; breaker failures=2 rate=100% window=10s cooldown=5s; }
+    server { listen 127.0.0.1:%%PORT_X%%; location / { llm_pass a; } }
+}
+CONF
+    is($rc, 0, 'breaker with rate= and window=: nginx -t passes') or diag($out);
 }
 
 $t->finish;
