@@ -103,6 +103,22 @@ http {
         location /internal/    { internal; alias %%DIR%%/secret/; }
         location = /llm/status { llm_status; }
     }
+
+    # the README's recipe: nginx core's own errors in JSON
+    server {
+        listen 127.0.0.1:%%PORT_CORE%%;
+        error_page 400 494 /llm-error/400.json;
+        error_page 405 /llm-error/405.json;
+        error_page 501 /llm-error/501.json;
+        location /llm-error/ {
+            internal;
+            default_type application/json;
+            location = /llm-error/400.json { return 400 '{"error":{"message":"Bad request","type":"invalid_request_error","param":null,"code":"bad_request"}}\n'; }
+            location = /llm-error/405.json { return 405 '{"error":{"message":"Method not allowed","type":"invalid_request_error","param":null,"code":"method_not_allowed"}}\n'; }
+            location = /llm-error/501.json { return 501 '{"error":{"message":"Not implemented","type":"invalid_request_error","param":null,"code":"not_implemented"}}\n'; }
+        }
+        location /v1/ { llm_pass raw; }
+    }
 }
 CONF
 
@@ -326,6 +342,21 @@ for my $c (@refused) {
     ($req) = $raw->requests;
     is($req && $req->{headers}{'x-forwarded-for'}, '10.1.2.3', 'llm_pass_forwarded on: X-Forwarded-For forwarded');
     is($req && $req->{headers}{'forwarded'}, 'for=10.1.2.3', 'llm_pass_forwarded on: Forwarded forwarded');
+}
+
+# ---------------------------------------------------------------------------
+# 14. the README's error_page recipe makes nginx core's errors JSON
+
+{
+    my $core = $t->port('CORE');
+    my $r = http_raw($core, "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n");
+    error_ok($r, 400, 'bad_request', 'a malformed header: nginx core 400 in JSON');
+    $r = http_raw($core, "FOO\x01 /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    error_ok($r, 400, 'bad_request', 'a malformed request line: 400 in JSON');
+    $r = http_raw($core, "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: " . ('a' x 9000) . "\r\n\r\n");
+    error_ok($r, 400, 'bad_request', 'a header too large (494): 400 in JSON');
+    $r = http_raw($core, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n");
+    error_ok($r, 501, 'not_implemented', 'an unknown transfer coding: 501 in JSON');
 }
 
 $t->finish;
