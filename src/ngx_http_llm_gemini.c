@@ -4,6 +4,11 @@
  * streamGenerateContent), passed through: the model is in the URL, which
  * the gateway maps to the provider's name; the key goes in
  * x-goog-api-key; the usage is read from usageMetadata.
+ *
+ * A stream's chunks carry running totals: the usage is final only in the
+ * chunk that says the reply is over (a finishReason, or a blockReason of
+ * the prompt), or in one after it; a stream that ends before is
+ * estimated.
  */
 
 
@@ -15,6 +20,8 @@ static ngx_int_t ngx_http_llm_gemini_args(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body);
+static ngx_int_t ngx_http_llm_gemini_event(ngx_http_request_t *r,
+    ngx_http_llm_sse_event_t *ev);
 
 
 ngx_http_llm_format_t  ngx_http_llm_format_gemini = {
@@ -23,7 +30,7 @@ ngx_http_llm_format_t  ngx_http_llm_format_gemini = {
     |ngx_http_llm_endpoint_bit(NGX_HTTP_LLM_STREAM),
     ngx_string("x-goog-api-key: "),
     ngx_http_llm_gemini_create_request,
-    ngx_http_llm_format_usage_event,
+    ngx_http_llm_gemini_event,
     &ngx_http_llm_dialect_gemini
 };
 
@@ -89,7 +96,9 @@ ngx_http_llm_gemini_args(ngx_http_request_t *r, ngx_str_t *args)
 {
     u_char  *p, *last, *start, *end, *d;
 
-    ngx_str_null(args);
+    /* empty, not null: the path is copied from it */
+
+    ngx_str_set(args, "");
 
     if (r->args.len == 0) {
         return NGX_OK;
@@ -137,6 +146,47 @@ ngx_http_llm_gemini_args(ngx_http_request_t *r, ngx_str_t *args)
 
     if (args->len == 1) {
         args->len = 0;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a chunk of a stream with alt=sse */
+
+static ngx_int_t
+ngx_http_llm_gemini_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
+{
+    u_char                  *p, *last;
+    ngx_uint_t               objects;
+    ngx_http_llm_ctx_t      *ctx;
+    ngx_http_llm_dialect_t  *dialect;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    ctx->events++;
+
+    if (ev->truncated) {
+        return NGX_OK;
+    }
+
+    p = ev->data.data;
+    last = p + ev->data.len;
+
+    dialect = &ngx_http_llm_dialect_gemini;
+    objects = ctx->raw.objects;
+
+    if (ngx_http_llm_usage_event(dialect, &ctx->raw, p, last) != NGX_OK) {
+        /* not a JSON object */
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_usage_strings(p, last, dialect->finish, NULL)) {
+        ctx->raw.finished = 1;
+    }
+
+    if (ctx->raw.finished && ctx->raw.objects > objects) {
+        ctx->raw.final = 1;
     }
 
     return NGX_OK;

@@ -37,6 +37,10 @@
 
 #define NGX_HTTP_LLM_USAGE_SLOTS      6
 
+/* the raw slots of every dialect: 0-2 input and its parts, 3 output */
+#define NGX_HTTP_LLM_SLOT_INPUT       0
+#define NGX_HTTP_LLM_SLOT_OUTPUT      3
+
 #define NGX_HTTP_LLM_UINT64_MAX       ((uint64_t) 0xffffffffffffffffULL)
 #define NGX_HTTP_LLM_COUNTER_MAX      ((uint64_t) 0x7fffffffffffffffULL)
 
@@ -329,6 +333,41 @@ typedef struct {
 } ngx_http_llm_price_t;
 
 
+/* limits: per period, of requests, tokens and spend; and in flight */
+
+#define NGX_HTTP_LLM_LIMIT_REQUESTS    0
+#define NGX_HTTP_LLM_LIMIT_TOKENS      1
+#define NGX_HTTP_LLM_LIMIT_SPEND       2    /* in 1e-12 USD */
+#define NGX_HTTP_LLM_LIMIT_N           3
+
+typedef struct {
+    uint64_t                     max[NGX_HTTP_LLM_LIMIT_N];   /* 0: none */
+    ngx_msec_t                   period[NGX_HTTP_LLM_LIMIT_N];
+    ngx_uint_t                   concurrent;                  /* 0: none */
+} ngx_http_llm_limits_t;
+
+
+/* a virtual key of llm_keys: what the gateway knows of a client */
+
+typedef struct {
+    u_char                       digest[32];    /* SHA-256 of the key */
+    ngx_str_t                    name;
+    ngx_array_t                 *models;        /* ngx_str_t; NULL: any */
+    ngx_array_t                 *routes;        /* ngx_str_t; NULL: any */
+    ngx_array_t                 *metadata;      /* ngx_keyval_t, or NULL */
+    ngx_http_llm_limits_t        limits;
+    ngx_uint_t                   has_limits;
+} ngx_http_llm_key_t;
+
+
+typedef struct {
+    ngx_str_t                    file;
+    ngx_http_llm_key_t          *keys;          /* sorted by digest */
+    ngx_uint_t                   nkeys;
+    ngx_shm_zone_t              *zone;          /* of the keys' limits */
+} ngx_http_llm_keys_t;
+
+
 typedef struct {
     ngx_array_t                  providers;  /* ngx_http_llm_provider_t * */
     ngx_array_t                  routes;     /* ngx_http_llm_route_t * */
@@ -380,6 +419,13 @@ typedef struct {
     ngx_uint_t                   seen;          /* a bit per slot */
     ngx_uint_t                   objects;       /* usage objects read */
     ngx_uint_t                   invalid;       /* untrusted objects */
+    ngx_uint_t                   last;          /* slots of the last one */
+    uint64_t                     content;       /* bytes of text relayed */
+    unsigned                     finished:1;    /* the reply said it ends */
+    unsigned                     delta:1;       /* Anthropic: message_delta
+                                                   usage read */
+    unsigned                     final:1;       /* the provider's final
+                                                   usage was read */
 } ngx_http_llm_usage_raw_t;
 
 
@@ -399,6 +445,13 @@ typedef struct {
     ngx_http_llm_usage_field_t  *fields;
     void                       (*canonical)(ngx_http_llm_usage_raw_t *raw,
                                        ngx_http_llm_usage_t *usage);
+
+    /* the keys of the reply's text, of a stream's end (null-terminated) */
+    ngx_str_t                   *content;
+    ngx_str_t                   *finish;
+
+    /* a stream's usage counts only once the format marks it final */
+    ngx_uint_t                   marked;
 } ngx_http_llm_dialect_t;
 
 
@@ -420,6 +473,16 @@ typedef struct {
     unsigned                     value:1;       /* the match's value next */
     unsigned                     capturing:1;
     unsigned                     overflow:1;
+
+    /* a stream (a JSON array): its text and its end, at any depth */
+    u_char                       word[24];      /* the string being read */
+    size_t                       word_len;
+    uint32_t                     code;          /* of a \u escape */
+    unsigned                     word_is:2;     /* a text or end key */
+    unsigned                     next:2;        /* the value after it */
+    unsigned                     text:1;        /* in a text value */
+    unsigned                     hex:3;         /* \u digits to come */
+    unsigned                     element_usage:1;
 } ngx_http_llm_capture_t;
 
 
@@ -653,6 +716,10 @@ ngx_int_t ngx_http_llm_usage_event(ngx_http_llm_dialect_t *dialect,
     ngx_http_llm_usage_raw_t *raw, u_char *p, u_char *last);
 ngx_int_t ngx_http_llm_usage_read(ngx_http_llm_dialect_t *dialect,
     ngx_http_llm_usage_raw_t *raw, u_char *p, u_char *last);
+ngx_uint_t ngx_http_llm_usage_strings(u_char *p, u_char *last,
+    ngx_str_t *keys, uint64_t *bytes);
+void ngx_http_llm_usage_content(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_usage_raw_t *raw, ngx_str_t *data);
 ngx_int_t ngx_http_llm_usage_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
 void ngx_http_llm_usage_finalize(ngx_http_request_t *r,

@@ -28,6 +28,7 @@ static ngx_int_t ngx_http_llm_stream_end_hold(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_stream_event(ngx_http_request_t *r,
     ngx_http_llm_sse_event_t *ev);
+static u_char *ngx_http_llm_stream_lines(u_char *p, u_char *s, u_char *last);
 static ngx_int_t ngx_http_llm_stream_hold(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
 static ngx_buf_t *ngx_http_llm_stream_block(ngx_http_request_t *r,
@@ -146,10 +147,18 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 {
     u_char              *p;
     size_t               size;
+    ngx_uint_t           lines;
     ngx_buf_t           *b;
     ngx_http_llm_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    /* the text relayed, for the estimate of a stream cut short */
+
+    if (!ev->truncated) {
+        ngx_http_llm_usage_content(ctx->provider->format->dialect, &ctx->raw,
+                                   &ev->data);
+    }
 
     if (ctx->provider->format->event(r, ev) != NGX_OK) {
         return NGX_ERROR;
@@ -200,7 +209,10 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
             return NGX_ERROR;
         }
 
-        b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        if (ctx->hold_len) {
+            b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        }
+
         b->last = ngx_cpymem(b->last, ctx->raw_start,
                              ev->end - ctx->raw_start);
         break;
@@ -214,14 +226,29 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
         size = ctx->hold_len + (ev->end - ctx->raw_start);
 
+        /* room to write it anew: a "data: " field a line */
+
+        lines = 1;
+
+        for (p = ev->data.data;
+             (p = memchr(p, LF, ev->data.data + ev->data.len - p)) != NULL;
+             p++)
+        {
+            lines++;
+        }
+
         b = ngx_http_llm_stream_block(r, ctx,
                                       ngx_max(size, ev->data.len + 64
-                                                    + ev->event.len));
+                                                    + ev->event.len
+                                                    + 8 * lines));
         if (b == NULL) {
             return NGX_ERROR;
         }
 
-        b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        if (ctx->hold_len) {
+            b->last = ngx_cpymem(b->last, ctx->hold, ctx->hold_len);
+        }
+
         b->last = ngx_cpymem(b->last, ctx->raw_start,
                              ev->end - ctx->raw_start);
 
@@ -251,9 +278,9 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
         }
 
         p = ngx_cpymem(p, "data: ", sizeof("data: ") - 1);
-        p = ngx_cpymem(p, ev->data.data, ev->cut_start - ev->data.data);
-        p = ngx_cpymem(p, ev->cut_end,
-                       ev->data.data + ev->data.len - ev->cut_end);
+        p = ngx_http_llm_stream_lines(p, ev->data.data, ev->cut_start);
+        p = ngx_http_llm_stream_lines(p, ev->cut_end,
+                                      ev->data.data + ev->data.len);
         *p++ = LF; *p++ = LF;
 
         b->last = p;
@@ -272,6 +299,29 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
     }
 
     return ngx_http_llm_stream_emit(r, ctx, b);
+}
+
+
+/* the data of an event from s to last, a line break starting a field */
+
+static u_char *
+ngx_http_llm_stream_lines(u_char *p, u_char *s, u_char *last)
+{
+    u_char  *lf;
+
+    while (s < last) {
+
+        lf = memchr(s, LF, last - s);
+        if (lf == NULL) {
+            return ngx_cpymem(p, s, last - s);
+        }
+
+        p = ngx_cpymem(p, s, lf - s);
+        p = ngx_cpymem(p, "\ndata: ", sizeof("\ndata: ") - 1);
+        s = lf + 1;
+    }
+
+    return p;
 }
 
 
@@ -322,9 +372,8 @@ ngx_http_llm_stream_hold(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             return NGX_ERROR;
         }
 
-        ngx_memcpy(hold, ctx->hold, ctx->hold_len);
-
         if (ctx->hold) {
+            ngx_memcpy(hold, ctx->hold, ctx->hold_len);
             ngx_pfree(r->pool, ctx->hold);
         }
 

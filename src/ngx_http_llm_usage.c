@@ -8,8 +8,10 @@
  * (all of it), cache_read and cache_write (of input), output (all of it)
  * and reasoning (of output).  Only a real usage object counts: objects are
  * found by the JSON structure, never by searching bytes, and an object
- * whose counters are not non-negative integers is not trusted.  A reply
- * that ends without usage gets an estimate, and says so.
+ * whose counters are not non-negative integers is not trusted, and one
+ * without a counter is no report.  A stream counts the provider's usage
+ * only once the provider's final report came; a reply that ends without
+ * it gets an estimate, and says so.
  */
 
 
@@ -24,6 +26,7 @@ typedef struct {
     ngx_str_t                    parent;        /* key of a detail object */
     uint64_t                     slot[NGX_HTTP_LLM_USAGE_SLOTS];
     ngx_uint_t                   seen;
+    ngx_uint_t                   counted;       /* slots given a number */
     ngx_uint_t                   invalid;
 } ngx_http_llm_usage_scan_t;
 
@@ -53,6 +56,21 @@ static ngx_int_t ngx_http_llm_capture_byte(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char ch);
 static ngx_int_t ngx_http_llm_capture_append(ngx_http_request_t *r,
     ngx_http_llm_capture_t *c, u_char ch);
+static void ngx_http_llm_capture_word(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_capture_t *c, u_char ch);
+static ngx_uint_t ngx_http_llm_capture_key(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_capture_t *c);
+static void ngx_http_llm_usage_clamp(ngx_http_llm_usage_t *u);
+static u_char *ngx_http_llm_string_end(u_char *p, u_char *last);
+static ngx_uint_t ngx_http_llm_key_in(ngx_str_t *keys, u_char *p, size_t len);
+static uint64_t ngx_http_llm_text_len(u_char *p, u_char *last);
+static ngx_uint_t ngx_http_llm_utf8_len(uint32_t code);
+
+
+/* what a string of a stream's JSON array is: a key, of the text or end */
+
+#define NGX_HTTP_LLM_WORD_TEXT  1
+#define NGX_HTTP_LLM_WORD_END   2
 
 
 #define ngx_http_llm_str_eq(s, l)                                             \
@@ -76,11 +94,14 @@ static ngx_http_llm_usage_field_t  ngx_http_llm_openai_fields[] = {
 };
 
 
+/* Anthropic; newer API versions count thinking apart, inside the output */
+
 static ngx_http_llm_usage_field_t  ngx_http_llm_anthropic_fields[] = {
     { ngx_string("input_tokens"), ngx_null_string, 0 },
     { ngx_string("cache_creation_input_tokens"), ngx_null_string, 1 },
     { ngx_string("cache_read_input_tokens"), ngx_null_string, 2 },
     { ngx_string("output_tokens"), ngx_null_string, 3 },
+    { ngx_string("output_tokens_details"), ngx_string("thinking_tokens"), 4 },
     { ngx_null_string, ngx_null_string, 0 }
 };
 
@@ -95,12 +116,65 @@ static ngx_http_llm_usage_field_t  ngx_http_llm_gemini_fields[] = {
 };
 
 
+/*
+ * The text of a reply, for the estimate of a stream cut short: the
+ * string values of these members, at any depth.
+ */
+
+static ngx_str_t  ngx_http_llm_openai_content[] = {
+    ngx_string("content"),
+    ngx_string("reasoning_content"),
+    ngx_string("reasoning"),
+    ngx_string("refusal"),
+    ngx_string("arguments"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_llm_anthropic_content[] = {
+    ngx_string("text"),
+    ngx_string("thinking"),
+    ngx_string("partial_json"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_llm_gemini_content[] = {
+    ngx_string("text"),
+    ngx_null_string
+};
+
+
+/* the members that say a Gemini reply is over: its usage is then final */
+
+static ngx_str_t  ngx_http_llm_gemini_finish[] = {
+    ngx_string("finishReason"),
+    ngx_string("blockReason"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_llm_no_keys[] = {
+    ngx_null_string
+};
+
+
+/*
+ * OpenAI sends a stream's usage once, in its last chunk: any usage
+ * object is final.  Anthropic's message_start has the input and a
+ * placeholder output, Gemini's chunks running totals: their final usage
+ * is marked by the format.
+ */
+
 ngx_http_llm_dialect_t  ngx_http_llm_dialect_openai = {
     ngx_string("openai"),
     ngx_string("usage"),
     ngx_null_string,
     ngx_http_llm_openai_fields,
-    ngx_http_llm_openai_canonical
+    ngx_http_llm_openai_canonical,
+    ngx_http_llm_openai_content,
+    ngx_http_llm_no_keys,
+    0
 };
 
 
@@ -109,7 +183,10 @@ ngx_http_llm_dialect_t  ngx_http_llm_dialect_anthropic = {
     ngx_string("usage"),
     ngx_string("message"),
     ngx_http_llm_anthropic_fields,
-    ngx_http_llm_anthropic_canonical
+    ngx_http_llm_anthropic_canonical,
+    ngx_http_llm_anthropic_content,
+    ngx_http_llm_no_keys,
+    1
 };
 
 
@@ -118,7 +195,10 @@ ngx_http_llm_dialect_t  ngx_http_llm_dialect_gemini = {
     ngx_string("usageMetadata"),
     ngx_null_string,
     ngx_http_llm_gemini_fields,
-    ngx_http_llm_gemini_canonical
+    ngx_http_llm_gemini_canonical,
+    ngx_http_llm_gemini_content,
+    ngx_http_llm_gemini_finish,
+    1
 };
 
 
@@ -173,7 +253,7 @@ ngx_http_llm_anthropic_canonical(ngx_http_llm_usage_raw_t *raw,
     u->cache_read = ngx_http_llm_slot(raw, 2);
     u->input = ngx_http_llm_slot(raw, 0) + u->cache_write + u->cache_read;
     u->output = ngx_http_llm_slot(raw, 3);
-    u->reasoning = 0;
+    u->reasoning = ngx_http_llm_slot(raw, 4);
 }
 
 
@@ -191,7 +271,8 @@ ngx_http_llm_gemini_canonical(ngx_http_llm_usage_raw_t *raw,
 
 /*
  * A usage object, whole in memory: its counters go into the raw slots
- * only if every one of them is a non-negative integer.
+ * only if every one of them is a non-negative integer, and at least one
+ * is a number (an empty object, or one of nulls, reports nothing).
  */
 
 ngx_int_t
@@ -212,6 +293,10 @@ ngx_http_llm_usage_read(ngx_http_llm_dialect_t *dialect,
         return NGX_DECLINED;
     }
 
+    if (scan.counted == 0) {
+        return NGX_DECLINED;
+    }
+
     for (i = 0; i < NGX_HTTP_LLM_USAGE_SLOTS; i++) {
         if (scan.seen & (1 << i)) {
             raw->slot[i] = scan.slot[i];
@@ -220,6 +305,7 @@ ngx_http_llm_usage_read(ngx_http_llm_dialect_t *dialect,
     }
 
     raw->objects++;
+    raw->last = scan.counted;
 
     return NGX_OK;
 }
@@ -329,6 +415,7 @@ ngx_http_llm_usage_set(ngx_http_llm_usage_scan_t *scan, ngx_uint_t slot,
 
     scan->slot[slot] = n;
     scan->seen |= (1 << slot);
+    scan->counted |= (1 << slot);
 
     return NGX_OK;
 }
@@ -391,12 +478,208 @@ ngx_http_llm_event_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
 
 
 /*
+ * The string values of the members named in keys, at any depth of a
+ * JSON text whole in memory: how many there are, and the bytes of their
+ * text (UTF-8, escapes decoded) added to *bytes.  Strings are found by
+ * their quotes, so no key is ever taken from inside a string; the text
+ * is not validated.
+ */
+
+ngx_uint_t
+ngx_http_llm_usage_strings(u_char *p, u_char *last, ngx_str_t *keys,
+    uint64_t *bytes)
+{
+    u_char      *s, *e;
+    ngx_uint_t   n;
+
+    n = 0;
+
+    while (p < last) {
+
+        s = memchr(p, '"', last - p);
+        if (s == NULL) {
+            break;
+        }
+
+        e = ngx_http_llm_string_end(s + 1, last);
+        if (e == NULL) {
+            break;
+        }
+
+        /* a key, if a colon follows: one of those looked for? */
+
+        for (p = e + 1; p < last; p++) {
+            if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                break;
+            }
+        }
+
+        if (p == last || *p != ':'
+            || !ngx_http_llm_key_in(keys, s + 1, e - (s + 1)))
+        {
+            continue;
+        }
+
+        for (p++; p < last; p++) {
+            if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                break;
+            }
+        }
+
+        if (p == last || *p != '"') {
+            /* not a string: null, an object, ... */
+            continue;
+        }
+
+        e = ngx_http_llm_string_end(p + 1, last);
+        if (e == NULL) {
+            break;
+        }
+
+        n++;
+
+        if (bytes) {
+            *bytes += ngx_http_llm_text_len(p + 1, e);
+        }
+
+        p = e + 1;
+    }
+
+    return n;
+}
+
+
+/* the text of an SSE event of a stream, for the estimate if it is cut */
+
+void
+ngx_http_llm_usage_content(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_usage_raw_t *raw, ngx_str_t *data)
+{
+    if (data->len) {
+        (void) ngx_http_llm_usage_strings(data->data, data->data + data->len,
+                                          dialect->content, &raw->content);
+    }
+}
+
+
+/* the closing quote of a string, from after its opening one */
+
+static u_char *
+ngx_http_llm_string_end(u_char *p, u_char *last)
+{
+    u_char  *q, *b;
+
+    for (q = p; q < last; q++) {
+
+        q = memchr(q, '"', last - q);
+        if (q == NULL) {
+            return NULL;
+        }
+
+        /* a quote escaped by an odd number of backslashes goes on */
+
+        for (b = q; b > p && b[-1] == '\\'; b--) {
+            /* void */
+        }
+
+        if (((q - b) & 1) == 0) {
+            return q;
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_key_in(ngx_str_t *keys, u_char *p, size_t len)
+{
+    for ( /* void */ ; keys->len; keys++) {
+        if (keys->len == len && ngx_strncmp(keys->data, p, len) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* the bytes of the text of a JSON string, as UTF-8 */
+
+static uint64_t
+ngx_http_llm_text_len(u_char *p, u_char *last)
+{
+    u_char    *b;
+    uint64_t   n;
+    ngx_int_t  code;
+
+    n = 0;
+
+    while (p < last) {
+
+        b = memchr(p, '\\', last - p);
+        if (b == NULL) {
+            n += last - p;
+            break;
+        }
+
+        n += b - p;
+        p = b + 1;
+
+        if (p == last) {
+            break;
+        }
+
+        if (*p != 'u') {
+            /* \n, \", ...: one byte */
+            n++;
+            p++;
+            continue;
+        }
+
+        if (last - p < 5
+            || (code = ngx_hextoi(p + 1, 4)) == NGX_ERROR)
+        {
+            n++;
+            p++;
+            continue;
+        }
+
+        n += ngx_http_llm_utf8_len((uint32_t) code);
+        p += 5;
+    }
+
+    return n;
+}
+
+
+/* the UTF-8 bytes of a \u escape: a surrogate is half of a 4-byte one */
+
+static ngx_uint_t
+ngx_http_llm_utf8_len(uint32_t code)
+{
+    if (code < 0x80) {
+        return 1;
+    }
+
+    if (code < 0x800 || (code >= 0xd800 && code <= 0xdfff)) {
+        return 2;
+    }
+
+    return 3;
+}
+
+
+/*
  * A non-streamed reply body, in pieces: the bytes go through a small
  * state machine that follows the JSON structure (strings, escapes,
  * nesting) and captures the value of the top-level usage member (of the
  * top-level object, or of each object of a top-level array: a Gemini
  * stream without SSE), which is read when it is complete.  Memory: one
- * small buffer.
+ * small buffer.  In a stream the machine also counts the bytes of the
+ * reply's text, for the estimate if it is cut, and notes the member that
+ * says the reply is over: the usage of the element that has it, or of a
+ * later one, is final.
  */
 
 ngx_int_t
@@ -424,6 +707,10 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     if (c->capturing && ngx_http_llm_capture_append(r, c, ch) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    if (ctx->stream) {
+        ngx_http_llm_capture_word(ctx, c, ch);
     }
 
     if (c->in_string) {
@@ -516,11 +803,24 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             if (c->overflow) {
                 ctx->raw.invalid++;
 
-            } else {
-                (void) ngx_http_llm_usage_read(ctx->provider->format->dialect,
+            } else if (ngx_http_llm_usage_read(ctx->provider->format->dialect,
                                                &ctx->raw, c->buf,
-                                               c->buf + c->len);
+                                               c->buf + c->len)
+                       == NGX_OK)
+            {
+                c->element_usage = 1;
             }
+        }
+
+        if (ch == '}' && c->depth + 1 == c->key_depth) {
+
+            /* an element of the stream ends (or the reply's object) */
+
+            if (ctx->raw.finished && c->element_usage) {
+                ctx->raw.final = 1;
+            }
+
+            c->element_usage = 0;
         }
 
         break;
@@ -550,6 +850,126 @@ ngx_http_llm_capture_byte(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A byte of a stream, before the machine takes it: the strings are
+ * followed at any depth, for the bytes of the text and the member that
+ * says the reply is over.
+ */
+
+static void
+ngx_http_llm_capture_word(ngx_http_llm_ctx_t *ctx, ngx_http_llm_capture_t *c,
+    u_char ch)
+{
+    u_char  lc;
+
+    if (!c->in_string) {
+
+        switch (ch) {
+
+        case '"':
+            c->word_len = 0;
+            c->text = (c->next == NGX_HTTP_LLM_WORD_TEXT);
+
+            if (c->next == NGX_HTTP_LLM_WORD_END) {
+                ctx->raw.finished = 1;
+            }
+
+            c->next = 0;
+            break;
+
+        case ':':
+            c->next = c->word_is;
+            break;
+
+        case ' ': case '\t': case '\r': case '\n':
+            return;
+
+        default:
+            c->next = 0;
+        }
+
+        c->word_is = 0;
+        return;
+    }
+
+    if (c->hex) {
+        lc = ch | 0x20;
+        c->code = (c->code << 4)
+                  | ((ch >= '0' && ch <= '9') ? (uint32_t) (ch - '0')
+                     : (lc >= 'a' && lc <= 'f') ? (uint32_t) (lc - 'a' + 10)
+                     : 0);
+
+        if (--c->hex == 0 && c->text) {
+            ctx->raw.content += ngx_http_llm_utf8_len(c->code);
+        }
+
+        return;
+    }
+
+    if (c->escape) {
+
+        if (ch == 'u') {
+            c->hex = 4;
+            c->code = 0;
+
+        } else if (c->text) {
+            ctx->raw.content++;
+        }
+
+        return;
+    }
+
+    if (ch == '\\') {
+        /* an escaped key is none of those looked for */
+        c->word_len = sizeof(c->word) + 1;
+        return;
+    }
+
+    if (ch == '"') {
+        if (c->text) {
+            c->text = 0;
+
+        } else {
+            c->word_is = ngx_http_llm_capture_key(
+                                         ctx->provider->format->dialect, c);
+        }
+
+        return;
+    }
+
+    if (c->text) {
+        ctx->raw.content++;
+        return;
+    }
+
+    if (c->word_len < sizeof(c->word)) {
+        c->word[c->word_len] = ch;
+    }
+
+    c->word_len++;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_capture_key(ngx_http_llm_dialect_t *dialect,
+    ngx_http_llm_capture_t *c)
+{
+    if (c->word_len > sizeof(c->word)) {
+        return 0;
+    }
+
+    if (ngx_http_llm_key_in(dialect->content, c->word, c->word_len)) {
+        return NGX_HTTP_LLM_WORD_TEXT;
+    }
+
+    if (ngx_http_llm_key_in(dialect->finish, c->word, c->word_len)) {
+        return NGX_HTTP_LLM_WORD_END;
+    }
+
+    return 0;
 }
 
 
@@ -596,15 +1016,16 @@ ngx_http_llm_capture_append(ngx_http_request_t *r, ngx_http_llm_capture_t *c,
 
 /*
  * The usage of the request, once: from the provider's usage objects, or
- * estimated from what passed (a stream cut short, a reply without usage),
- * or none (no reply from a provider).
+ * estimated from what passed (a stream cut before the provider's final
+ * usage, a reply without usage), or none (no reply from a provider).
  */
 
 void
 ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    ngx_uint_t             status;
-    ngx_http_llm_usage_t  *u;
+    ngx_uint_t               status;
+    ngx_http_llm_usage_t    *u;
+    ngx_http_llm_dialect_t  *dialect;
 
     if (ctx->finalized) {
         return;
@@ -625,6 +1046,8 @@ ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    dialect = ctx->provider->format->dialect;
+
     if (ctx->raw.invalid && ctx->finalized) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "llm provider \"%V\" sent %ui usage object(s) with "
@@ -633,22 +1056,11 @@ ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                       ctx->raw.invalid);
     }
 
-    if (ctx->raw.objects && !ctx->raw.invalid) {
-        ctx->provider->format->dialect->canonical(&ctx->raw, u);
-
-        /* the parts never exceed the whole */
-
-        if (u->cache_read > u->input) {
-            u->cache_read = u->input;
-        }
-
-        if (u->cache_write > u->input - u->cache_read) {
-            u->cache_write = u->input - u->cache_read;
-        }
-
-        if (u->reasoning > u->output) {
-            u->reasoning = u->output;
-        }
+    if (ctx->raw.objects && !ctx->raw.invalid
+        && (!ctx->stream || !dialect->marked || ctx->raw.final))
+    {
+        dialect->canonical(&ctx->raw, u);
+        ngx_http_llm_usage_clamp(u);
 
         ctx->usage_source = NGX_HTTP_LLM_USAGE_PROVIDER;
         return;
@@ -663,21 +1075,54 @@ ngx_http_llm_usage_finalize(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     /*
-     * An estimate: a token for every 4 bytes of the request body, and
-     * for a stream a token per content event (the role and finish events
-     * aside), else a token for every 4 bytes of the reply.
+     * An estimate.  The input: what the provider counted before a stream
+     * was cut (Anthropic's message_start, Gemini's running totals), with
+     * its cache reads and writes, else a token for every 4 bytes of the
+     * request body.  The output: a token for every 4 bytes of the text a
+     * stream relayed (content, reasoning, tool arguments), or of the
+     * reply; an embedding has none.
      */
 
-    u->input = (ctx->body.len + 3) / 4;
+    if (ctx->raw.objects && !ctx->raw.invalid
+        && (ctx->raw.seen & (1 << NGX_HTTP_LLM_SLOT_INPUT)))
+    {
+        dialect->canonical(&ctx->raw, u);
+        ngx_http_llm_usage_clamp(u);
 
-    if (ctx->sse_reply) {
-        u->output = (ctx->events > 2) ? ctx->events - 2 : 0;
+    } else {
+        u->input = (ctx->body.len + 3) / 4;
+    }
+
+    u->output = 0;
+    u->reasoning = 0;
+
+    if (ctx->stream) {
+        u->output = (ctx->raw.content + 3) / 4;
 
     } else if (ctx->endpoint != NGX_HTTP_LLM_EMBEDDINGS) {
         u->output = (ctx->received + 3) / 4;
     }
 
     ctx->usage_source = NGX_HTTP_LLM_USAGE_ESTIMATED;
+}
+
+
+/* the parts never exceed the whole */
+
+static void
+ngx_http_llm_usage_clamp(ngx_http_llm_usage_t *u)
+{
+    if (u->cache_read > u->input) {
+        u->cache_read = u->input;
+    }
+
+    if (u->cache_write > u->input - u->cache_read) {
+        u->cache_write = u->input - u->cache_read;
+    }
+
+    if (u->reasoning > u->output) {
+        u->reasoning = u->output;
+    }
 }
 
 

@@ -153,9 +153,38 @@ $variant{'timing'} = sub {
     return (\@w, 0.15);
 };
 
+# events whose data spans several lines, each chunk ending with the
+# "usage":null that the gateway cuts out for a client that did not ask for
+# usage: the edited event is written anew, a "data:" field per line
+my @ML_EVENTS = (
+    "data: {\"id\":\"chatcmpl-ml\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\n"
+  . "data: \"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\n"
+  . "data: \"usage\":null}\n\n",
+    "event: chunk\ndata: {\"id\":\"chatcmpl-ml\",\"object\":\"chat.completion.chunk\",\n"
+  . "data:\"created\":1718000000,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-ml\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"gpt-x\",\n"
+  . "data: \"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-ml\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"gpt-x\",\"choices\":[],\n"
+  . "data: \"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n",
+    "data: [DONE]\n\n",
+);
+my $ML_BODY = join '', @ML_EVENTS;
+my %ml_variant = (
+    'ml-one-write' => sub { [ $CHUNKED_HEAD . chunked_wire([ $ML_BODY ]) ] },
+    'ml-chunk-per-event' => sub { [ $CHUNKED_HEAD, map { chunked_wire([ $_ ]) =~ s/0\r\n\r\n\z//r } @ML_EVENTS, '' ] },
+    'ml-every-byte' => sub { [ split //, $CHUNKED_HEAD . chunked_wire([ $ML_BODY ]) ] },
+    'ml-split-inside-lines' => sub {
+        my @chunks = cut($ML_BODY, offsets_of($ML_BODY, "\ndata", 1), offsets_of($ML_BODY, '"usage"', 3));
+        return [ $CHUNKED_HEAD, chunked_wire(\@chunks) ];
+    },
+);
+
 my $raw = $t->fake_provider(port => $t->port('RAW'), handler => sub {
     my ($req) = @_;
     my $m = ref $req->{json} eq 'HASH' ? $req->{json}{model} // '' : '';
+    if (my $ml = $ml_variant{$m}) {
+        return [ [ pieces => $ml->(), 0.002 ], [ 'close' ] ];
+    }
     my $v = $variant{$m} or return [ [ send => LLMTest::FakeProvider::http_response(status => 500) ] ];
     my ($writes, $delay) = $v->();
     return [ [ pieces => $writes, $delay ], [ 'close' ] ];
@@ -214,6 +243,24 @@ for my $name (grep { $_ ne 'timing' && $_ ne 'sse-crlf-line-endings' } sort keys
         my @gaps = map { sprintf '%.3f', $ev[$_]{t} - $ev[$_ - 1]{t} } 1 .. $#ev;
         cmp_ok(scalar(grep { $_ >= 0.15 } @gaps), '>=', 4, 'timing: events arrive one at a time')
             or diag("gaps: @gaps");
+    }
+}
+
+# multi-line data: the client gets each chunk without its usage member,
+# every line of the edited data as a "data:" field, and no usage chunk
+{
+    my @want = map { my $d = $_; $d =~ s/,\n?"usage":null\}\z/}/; $d }
+               grep { !/"choices":\[\],/ } LLMTest::HTTP::parse_sse_events($ML_BODY);
+    for my $name (sort keys %ml_variant) {
+        my $s = run_variant($name);
+        is($s->{status}, 200, "$name: 200");
+        ok($s->complete, "$name: client response properly terminated") or diag($s->body_error // 'timeout');
+        my @got = $s->data_payloads;
+        is_deeply(\@got, \@want, "$name: every chunk whole, without its usage, and no usage chunk")
+            or diag(explain \@got);
+        my @bad = grep { !/^(?:data|event):/ } grep { length } split /\n/, $s->body;
+        ok(!@bad, "$name: every line the client got is a field of an event") or diag(explain \@bad);
+        is(scalar(grep { /^event: chunk$/m } split /\n\n/, $s->body), 1, "$name: the event name is kept");
     }
 }
 

@@ -252,16 +252,18 @@ sub run_fixture {
     # what the client got
     is($r->{status}, 200, "$run: 200") or diag($r->{error} // substr($r->{body}, 0, 300));
     my $want = $f->{client_response} // $f->{response};
+    my $stripped = $f->{provider_request} eq 'include_usage_injected';
     ok($r->{body} eq $want, "$run: the client received " .
-       (defined $f->{client_response} ? 'the chunks without the usage the gateway asked for'
-                                      : 'exactly the provider\'s bytes'))
+       (!defined $f->{client_response} ? 'exactly the provider\'s bytes'
+        : $stripped ? 'the chunks without the usage the gateway asked for'
+        : 'the provider\'s bytes, then an error event'))
         or diag(diff_at($r->{body}, $want));
     if ($f->{truncate}) {
         ok(!$r->{complete}, "$run: the client's response is cut short too (not properly terminated)");
     } else {
         ok($r->{complete}, "$run: response properly terminated") or diag($r->{error} // '');
     }
-    if (defined $f->{client_response}) {
+    if (defined $f->{client_response} && $stripped) {
         my @p = LLMTest::HTTP::parse_sse_events($r->{body});
         my @usage = grep { my $j = json_decode($_); ref $j eq 'HASH' && exists $j->{usage} } @p;
         is(scalar @usage, 0, "$run: no chunk the client got has a \"usage\" member");
@@ -392,8 +394,21 @@ for my $f (@FX) {
     for my $m ('gpt-4o', 'mystery-model', 'deepseek-chat', 'gpt-4o-mini') {
         $cmp->("models.$m", $st->{models}{$m}, $sum->(grep { $_->{upstream_model} eq $m } @lines));
     }
-    for my $p (qw(openai deepseek acme)) {
+    for my $p (qw(openai deepseek acme), grep { $HAVE{$_} } qw(anthropic gemini)) {
         $cmp->("providers.$p", $st->{providers}{$p}, $sum->(grep { $_->{provider} eq $p } @lines));
+    }
+
+    # a stream that ended before the provider's final usage is estimated and
+    # counted as incomplete, whatever its format
+    my $incomplete = sub { scalar grep { $_->{stream} eq '1' && $_->{usage_source} eq 'estimated' } @_ };
+    my @cut = map { @{$runs_of{$_->{name}} // []} } grep { $_->{stream} && $_->{expect}{usage_source} eq 'estimated' } @FX;
+    is($st->{total}{incomplete_streams}, $incomplete->(@lines),
+       'llm_status: total.incomplete_streams = the streams logged as estimated (' . scalar(@cut) . ' runs of cut or unfinished streams)');
+    for my $p (qw(openai), grep { $HAVE{$_} } qw(anthropic gemini)) {
+        my @pl = grep { $_->{provider} eq $p } @lines;
+        cmp_ok($incomplete->(@pl), '>', 0, "providers.$p: some streams ended before the provider's final usage");
+        is($st->{providers}{$p}{incomplete_streams}, $incomplete->(@pl),
+           "llm_status: providers.$p.incomplete_streams = its streams logged as estimated");
     }
     is($st->{models}{'mystery-model'}{unpriced}, scalar @{$runs_of{'lookup-nowhere'}},
        'llm_status: the unpriced model is counted under "unpriced"');
