@@ -82,38 +82,6 @@ ngx_http_llm_format_path(ngx_http_request_t *r, ngx_http_llm_provider_t *p,
 
 
 /*
- * An SSE event of a format that reports usage in every event (or some of
- * them) and needs no edits: the usage is read, the event passes.
- */
-
-ngx_int_t
-ngx_http_llm_format_usage_event(ngx_http_request_t *r,
-    ngx_http_llm_sse_event_t *ev)
-{
-    ngx_http_llm_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
-
-    ctx->events++;
-
-    if (ev->truncated
-        || memmem(ev->data.data, ev->data.len,
-                  ctx->provider->format->dialect->container.data,
-                  ctx->provider->format->dialect->container.len)
-           == NULL)
-    {
-        return NGX_OK;
-    }
-
-    (void) ngx_http_llm_usage_event(ctx->provider->format->dialect,
-                                    &ctx->raw, ev->data.data,
-                                    ev->data.data + ev->data.len);
-
-    return NGX_OK;
-}
-
-
-/*
  * The body as a chain over the client's bytes and the edits, which are
  * in order and do not overlap.
  */

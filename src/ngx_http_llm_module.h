@@ -682,8 +682,6 @@ extern ngx_http_llm_format_t  ngx_http_llm_format_gemini;
 ngx_http_llm_format_t *ngx_http_llm_format(ngx_str_t *name);
 ngx_int_t ngx_http_llm_format_path(ngx_http_request_t *r,
     ngx_http_llm_provider_t *p, ngx_str_t *path, ...);
-ngx_int_t ngx_http_llm_format_usage_event(ngx_http_request_t *r,
-    ngx_http_llm_sse_event_t *ev);
 ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
 ngx_int_t ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
     ngx_http_llm_edit_t *edit, ngx_uint_t n, ngx_chain_t **out);

@@ -260,7 +260,10 @@ ngx_http_llm_create_request(ngx_http_request_t *r)
     b->last = ngx_sprintf(b->last, "POST %V HTTP/1.1" CRLF, &path);
     b->last = ngx_cpymem(b->last, p->fixed_headers.data,
                          p->fixed_headers.len);
-    b->last = ngx_cpymem(b->last, headers.data, headers.len);
+    if (headers.len) {
+        b->last = ngx_cpymem(b->last, headers.data, headers.len);
+    }
+
     b->last = ngx_sprintf(b->last,
                           "Content-Type: application/json" CRLF
                           "Content-Length: %O" CRLF, body_len);
