@@ -74,3 +74,25 @@ install: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Sanitizers and fuzzers: nginx built whole from Debian's source package
+# (tools/nginx-source.sh adds a deb-src line and runs apt-get source) with
+# clang, ASan, UBSan and NGX_DEBUG_PALLOC.  test-asan runs the whole test
+# suite under it and fails on any sanitizer report; fuzz runs each libFuzzer
+# harness of fuzz/ for FUZZ_TIME seconds (make fuzz FUZZ_TIME=3600 for a
+# campaign).
+
+DEB_SAN      = clang libclang-rt-dev dpkg-dev libpcre2-dev zlib1g-dev \
+               libssl-dev libcjson-dev make perl
+FUZZ_TIME   ?= 60
+
+.PHONY: deps-san test-asan fuzz
+
+deps-san: deps
+	@sh tools/deps.sh $(DEB_SAN)
+
+test-asan: deps-san deps-test
+	@bash tools/asan.sh $(BUILD)/asan
+
+fuzz: deps-san
+	@FUZZ_TIME=$(FUZZ_TIME) bash fuzz/run.sh $(BUILD)/fuzz
