@@ -54,9 +54,10 @@ ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body)
 {
-    ngx_str_t             endpoint;
-    ngx_uint_t            n;
-    ngx_http_llm_edit_t   edit;
+    ngx_str_t                   endpoint;
+    ngx_uint_t                  n;
+    ngx_http_llm_edit_t         edit[2];
+    ngx_http_llm_json_value_t  *max;
 
     ngx_str_set(&endpoint, "/messages");
 
@@ -82,13 +83,18 @@ ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
     n = 0;
 
     if (ctx->model_map) {
-        edit.start = ctx->req.model.start;
-        edit.end = ctx->req.model.end;
-        edit.text = ctx->model_map->json;
+        edit[0].start = ctx->req.model.start;
+        edit[0].end = ctx->req.model.end;
+        edit[0].text = ctx->model_map->json;
         n = 1;
     }
 
-    return ngx_http_llm_body_edit(r->pool, &ctx->body, &edit, n, body);
+    max = &ctx->req.max_tokens;
+
+    n += ngx_http_llm_clamp_edits(r, ctx, &max, 1, NULL, "\"max_tokens\":",
+                                  &edit[n]);
+
+    return ngx_http_llm_body_edit(r->pool, &ctx->body, edit, n, body);
 }
 
 
@@ -153,6 +159,7 @@ ngx_http_llm_anthropic_event(ngx_http_request_t *r,
         && (ctx->raw.last & (1 << NGX_HTTP_LLM_SLOT_OUTPUT)))
     {
         ctx->raw.delta = 1;
+        ctx->raw.finished = 1;
     }
 
     if (ngx_http_llm_anthropic_is(&type, "message_stop")) {

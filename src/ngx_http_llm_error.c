@@ -193,8 +193,8 @@ ngx_http_llm_error_body(ngx_pool_t *pool, ngx_uint_t status, char *code,
     if (status >= 500) {
         type = "server_error";
 
-    } else if (status == NGX_HTTP_UNAUTHORIZED) {
-        type = "authentication_error";
+    } else if (status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        type = "rate_limit_error";
 
     } else {
         type = "invalid_request_error";
@@ -262,6 +262,15 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
 
     if (llcf->attempts_header
         && ngx_http_llm_attempts_header(r) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (llcf->route
+        && ngx_http_llm_limit_header(r,
+                                     ngx_http_get_module_ctx(r,
+                                                       ngx_http_llm_module))
+           != NGX_OK)
     {
         return NGX_ERROR;
     }

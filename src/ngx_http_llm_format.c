@@ -92,14 +92,20 @@ ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
 {
     u_char               *p;
     ngx_str_t             piece;
-    ngx_uint_t            i;
+    ngx_uint_t            i, j;
     ngx_chain_t         **ll;
     ngx_http_llm_edit_t   t;
 
-    if (n == 2 && edit[1].start < edit[0].start) {
-        t = edit[0];
-        edit[0] = edit[1];
-        edit[1] = t;
+    /* in the order of the body: an insertion sort of a few */
+
+    for (i = 1; i < n; i++) {
+        t = edit[i];
+
+        for (j = i; j > 0 && edit[j - 1].start > t.start; j--) {
+            edit[j] = edit[j - 1];
+        }
+
+        edit[j] = t;
     }
 
     ll = out;
@@ -197,4 +203,71 @@ ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json)
     cl->next = NULL;
 
     return cl;
+}
+
+
+/*
+ * The edits that lower the most output tokens of a request to ctx->clamp
+ * (see llm_limit clamp): the value of each member of the request that
+ * holds it, else name inserted first in the object at obj (NULL: the
+ * body's).  Returns the number of edits.
+ */
+
+ngx_uint_t
+ngx_http_llm_clamp_edits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_json_value_t **v, ngx_uint_t nv, u_char *obj, char *name,
+    ngx_http_llm_edit_t *edit)
+{
+    u_char      *p, *q;
+    ngx_uint_t   i, n;
+
+    if (ctx->clamp == 0) {
+        return 0;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN + ngx_strlen(name) + 8);
+    if (p == NULL) {
+        return 0;
+    }
+
+    n = 0;
+
+    for (i = 0; i < nv; i++) {
+
+        if (v[i]->type == NGX_HTTP_LLM_JSON_NONE) {
+            continue;
+        }
+
+        edit[n].start = v[i]->start;
+        edit[n].end = v[i]->end;
+        edit[n].text.data = p;
+        edit[n].text.len = ngx_sprintf(p, "%uL", ctx->clamp) - p;
+        n++;
+    }
+
+    if (n) {
+        return n;
+    }
+
+    /* the first member of the object, with a comma unless it is empty */
+
+    if (obj == NULL) {
+        obj = ngx_strlchr(ctx->body.data, ctx->body.data + ctx->body.len,
+                          '{');
+    }
+
+    for (q = obj + 1; *q == ' ' || *q == '\t' || *q == '\r' || *q == '\n';
+         q++)
+    {
+        /* void */
+    }
+
+    edit[0].start = obj + 1;
+    edit[0].end = obj + 1;
+    edit[0].text.data = p;
+    edit[0].text.len = ngx_sprintf(p, "%s%uL%s", name, ctx->clamp,
+                                   (*q == '}') ? "" : ",")
+                       - p;
+
+    return 1;
 }

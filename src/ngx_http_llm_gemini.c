@@ -40,8 +40,11 @@ ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body)
 {
-    size_t      n;
-    ngx_str_t   models, model, method, args;
+    u_char                     *p, *last;
+    size_t                      n;
+    ngx_str_t                   models, model, method, args;
+    ngx_http_llm_edit_t         edit[1];
+    ngx_http_llm_json_value_t  *max, *gc;
 
     ngx_str_set(&models, "/models/");
 
@@ -80,7 +83,44 @@ ngx_http_llm_gemini_create_request(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    return ngx_http_llm_body_edit(r->pool, &ctx->body, NULL, 0, body);
+    /* max output tokens: in generationConfig, which may have to be made */
+
+    max = &ctx->req.max_output;
+    gc = &ctx->req.generation_config;
+
+    if (gc->type == NGX_HTTP_LLM_JSON_OBJECT) {
+        n = ngx_http_llm_clamp_edits(r, ctx, &max, 1, gc->start,
+                                     "\"maxOutputTokens\":", edit);
+
+    } else {
+        n = ngx_http_llm_clamp_edits(r, ctx, &max, 0, NULL,
+                                     "\"generationConfig\":"
+                                     "{\"maxOutputTokens\":", edit);
+
+        if (n) {
+            /* the object inserted is closed after the number */
+
+            p = ngx_pnalloc(r->pool, edit[0].text.len + 1);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            last = ngx_cpymem(p, edit[0].text.data, edit[0].text.len);
+
+            if (last[-1] == ',') {
+                last[-1] = '}';
+                *last++ = ',';
+
+            } else {
+                *last++ = '}';
+            }
+
+            edit[0].text.data = p;
+            edit[0].text.len = last - p;
+        }
+    }
+
+    return ngx_http_llm_body_edit(r->pool, &ctx->body, edit, n, body);
 }
 
 

@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_llm_request_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_stream_options_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_generation_config_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_read_member(ngx_http_llm_request_t *req,
     ngx_http_llm_member_t *members, ngx_str_t *key,
     ngx_http_llm_json_value_t *v);
@@ -72,6 +74,27 @@ static ngx_http_llm_member_t  ngx_http_llm_request_members[] = {
     { ngx_string("stream_options"),
       offsetof(ngx_http_llm_request_t, stream_options) },
     { ngx_string("input"), offsetof(ngx_http_llm_request_t, input) },
+    { ngx_string("max_tokens"),
+      offsetof(ngx_http_llm_request_t, max_tokens) },
+    { ngx_string("max_completion_tokens"),
+      offsetof(ngx_http_llm_request_t, max_completion_tokens) },
+    { ngx_string("max_output_tokens"),
+      offsetof(ngx_http_llm_request_t, max_output_tokens) },
+
+    /* Gemini's, under either of the names its JSON parser takes */
+    { ngx_string("generationConfig"),
+      offsetof(ngx_http_llm_request_t, generation_config) },
+    { ngx_string("generation_config"),
+      offsetof(ngx_http_llm_request_t, generation_config) },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_http_llm_member_t  ngx_http_llm_generation_config_members[] = {
+    { ngx_string("maxOutputTokens"),
+      offsetof(ngx_http_llm_request_t, max_output) },
+    { ngx_string("max_output_tokens"),
+      offsetof(ngx_http_llm_request_t, max_output) },
     { ngx_null_string, 0 }
 };
 
@@ -124,6 +147,14 @@ ngx_http_llm_handler(ngx_http_request_t *r)
                                        "method_not_allowed", NULL,
                                        "Method %V is not allowed for %V",
                                        &r->method_name, &r->uri);
+    }
+
+    /* the client's key, before its body is read */
+
+    rc = ngx_http_llm_keys_check(r, ctx);
+
+    if (rc != NGX_OK || ctx->error.len) {
+        return rc;
     }
 
     if (ctx->endpoint == NGX_HTTP_LLM_MODELS) {
@@ -241,6 +272,10 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         rc = ngx_http_llm_model_name(r, ctx);
     }
 
+    if (rc == NGX_OK && ctx->error.len == 0) {
+        rc = ngx_http_llm_keys_check(r, ctx);
+    }
+
     if (rc != NGX_OK || ctx->error.len) {
         /* an error, or an error response already sent */
         return rc;
@@ -259,7 +294,9 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "this gateway", &ctx->model);
     }
 
-    return NGX_OK;
+    /* the limits last: nothing is reserved for a request refused above */
+
+    return ngx_http_llm_limit_reserve(r, ctx);
 }
 
 
@@ -291,6 +328,14 @@ ngx_http_llm_scan_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                       req);
     }
 
+    so = &req->generation_config;
+
+    if (rc == NGX_OK && so->type == NGX_HTTP_LLM_JSON_OBJECT) {
+        rc = ngx_http_llm_json_object(so->start, so->end,
+                                      ngx_http_llm_generation_config_member,
+                                      req);
+    }
+
     if (req->duplicate.len) {
         return ngx_http_llm_send_error(r, NGX_HTTP_BAD_REQUEST,
                                        "invalid_json", NULL,
@@ -311,7 +356,8 @@ ngx_http_llm_scan_request(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "invalid_json", NULL,
                                        "Escape sequences are not allowed in "
                                        "the top-level keys of the request "
-                                       "or in those of stream_options");
+                                       "or in those of stream_options and "
+                                       "generationConfig");
     }
 
     if (rc != NGX_OK) {
@@ -569,6 +615,18 @@ ngx_http_llm_stream_options_member(ngx_str_t *key,
 
 
 static ngx_int_t
+ngx_http_llm_generation_config_member(ngx_str_t *key,
+    ngx_http_llm_json_value_t *v, void *data)
+{
+    ngx_http_llm_request_t *req = data;
+
+    return ngx_http_llm_read_member(req,
+                                    ngx_http_llm_generation_config_members,
+                                    key, v);
+}
+
+
+static ngx_int_t
 ngx_http_llm_read_member(ngx_http_llm_request_t *req,
     ngx_http_llm_member_t *members, ngx_str_t *key,
     ngx_http_llm_json_value_t *v)
@@ -747,6 +805,13 @@ ngx_http_llm_models(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         model = peer[i].provider->models->elts;
 
         for (j = 0; j < peer[i].provider->models->nelts; j++) {
+
+            if (ctx->key
+                && !ngx_http_llm_key_allows(ctx->key->models,
+                                            &model[j].alias))
+            {
+                continue;
+            }
 
             /* an alias served by several providers is listed once */
 

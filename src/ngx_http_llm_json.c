@@ -521,7 +521,7 @@ ngx_http_llm_json_unescape(ngx_pool_t *pool, ngx_http_llm_json_value_t *v,
 
 
 /*
- * How a key read by the gateway compares to a name (lowercase ASCII):
+ * How a key read by the gateway compares to a name (ASCII):
  * NGX_OK the same bytes, NGX_DECLINED another key, NGX_BUSY the same key
  * to a parser that folds case.  Providers written in Go match JSON keys
  * to their fields that way: "Model" sets the model, and so do U+017F (a
@@ -564,11 +564,13 @@ ngx_http_llm_json_key(ngx_str_t *key, ngx_str_t *name)
 }
 
 
-/* the bytes at p that fold to the lowercase ASCII c, or 0 */
+/* the bytes at p that fold to the ASCII letter c, or 0 */
 
 static size_t
 ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c)
 {
+    c = ngx_tolower(c);
+
     if (ngx_tolower(*p) == c) {
         return 1;
     }

@@ -91,6 +91,27 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, attempts_header),
       NULL },
 
+    { ngx_string("llm_limit_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_llm_limit_zone_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_limit_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_keys"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_llm_keys,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_mock"),
       NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
       ngx_http_llm_mock,
@@ -224,6 +245,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->pass_request_headers = NGX_CONF_UNSET;
     conf->pass_forwarded = NGX_CONF_UNSET;
     conf->attempts_header = NGX_CONF_UNSET;
+    conf->limits = NGX_CONF_UNSET_PTR;
+    conf->keys = NGX_CONF_UNSET_PTR;
     conf->mock_chunks = NGX_CONF_UNSET_UINT;
     conf->mock_delay = NGX_CONF_UNSET_MSEC;
 
@@ -245,6 +268,12 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->attempts_header, prev->attempts_header, 0);
     ngx_conf_merge_uint_value(conf->mock_chunks, prev->mock_chunks, 4);
     ngx_conf_merge_msec_value(conf->mock_delay, prev->mock_delay, 0);
+    ngx_conf_merge_ptr_value(conf->limits, prev->limits, NULL);
+    ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
+
+    if (ngx_http_llm_limit_merge(cf, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->route_name.len == 0 || conf->route) {
         return NGX_CONF_OK;

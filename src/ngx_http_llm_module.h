@@ -94,6 +94,11 @@ typedef struct {
     ngx_http_llm_json_value_t    stream_options;
     ngx_http_llm_json_value_t    include_usage;  /* of stream_options */
     ngx_http_llm_json_value_t    input;
+    ngx_http_llm_json_value_t    max_tokens;
+    ngx_http_llm_json_value_t    max_completion_tokens;
+    ngx_http_llm_json_value_t    max_output_tokens;
+    ngx_http_llm_json_value_t    generation_config;   /* Gemini */
+    ngx_http_llm_json_value_t    max_output;     /* of generation_config */
     ngx_str_t                    duplicate;
     ngx_str_t                    folded;     /* a key of another case */
     ngx_uint_t                   escaped_key;
@@ -151,6 +156,10 @@ struct ngx_http_llm_provider_s {
 
 
 #define NGX_HTTP_LLM_MAX_ATTEMPTS  8
+
+/* what is read of a reply after its client went away (see upstream.c) */
+#define NGX_HTTP_LLM_DRAIN_TIME    10000
+#define NGX_HTTP_LLM_DRAIN_SIZE    (1024 * 1024)
 #define NGX_HTTP_LLM_ROUTE_PEERS   64
 
 #define NGX_HTTP_LLM_FALLBACK_NONE      0
@@ -360,6 +369,29 @@ typedef struct {
 } ngx_http_llm_key_t;
 
 
+/* an llm_limit of a location, and a reservation made in its zone */
+
+typedef struct ngx_http_llm_limit_zone_s  ngx_http_llm_limit_zone_t;
+
+typedef struct {
+    ngx_shm_zone_t              *shm_zone;
+    unsigned                     clamp:1;
+    unsigned                     dry_run:1;
+} ngx_http_llm_limit_t;
+
+
+#define NGX_HTTP_LLM_LIMITS_MAX        8
+
+typedef struct {
+    ngx_http_llm_limit_zone_t   *zone;
+    ngx_str_t                    key;
+    uint32_t                     hash;
+    uint64_t                     epoch;
+    uint64_t                     tokens;
+    uint64_t                     spend;
+} ngx_http_llm_limit_hold_t;
+
+
 typedef struct {
     ngx_str_t                    file;
     ngx_http_llm_key_t          *keys;          /* sorted by digest */
@@ -379,6 +411,7 @@ typedef struct {
     ngx_uint_t                   price_hash_mask;
 
     ngx_shm_zone_t              *zone;
+    ngx_array_t                  limit_zones;  /* limit zone * */
 } ngx_http_llm_main_conf_t;
 
 
@@ -391,6 +424,9 @@ typedef struct {
     ngx_flag_t                   pass_request_headers;
     ngx_flag_t                   pass_forwarded;
     ngx_flag_t                   attempts_header;
+
+    ngx_array_t                 *limits;        /* ngx_http_llm_limit_t */
+    ngx_http_llm_keys_t         *keys;          /* NULL: open */
 
     ngx_uint_t                   status;
 
@@ -580,6 +616,7 @@ struct ngx_http_llm_ctx_s {
     ngx_str_t                    model;
     ngx_str_t                    upstream_model;
     ngx_str_t                    error;
+    ngx_http_llm_key_t          *key;           /* of llm_keys, or NULL */
     ngx_buf_t                   *error_body;
 
     ngx_http_status_t            status;
@@ -607,6 +644,21 @@ struct ngx_http_llm_ctx_s {
     ngx_msec_t                   start;
     ngx_msec_t                   first_byte;    /* of the reply, or 0 */
 
+    /* a client gone once the model finished: the usage is still read */
+    ngx_msec_t                   gone;
+    size_t                       drained;
+    ngx_http_upstream_conf_t    *drain_conf;
+
+    /* limits: the reservations, what the client is told of them */
+    ngx_http_llm_limit_hold_t    holds[NGX_HTTP_LLM_LIMITS_MAX];
+    ngx_uint_t                   nholds;
+    ngx_uint_t                   limit_status;  /* 0: no limit */
+    uint64_t                     clamp;         /* max tokens, or 0 */
+    uint64_t                     rl_limit[2];   /* requests, tokens */
+    uint64_t                     rl_remaining[2];
+    ngx_msec_t                   rl_reset[2];
+    ngx_uint_t                   rl_set;        /* a bit per dimension */
+
     unsigned                     stream:1;
     unsigned                     sse_reply:1;
     unsigned                     strip_usage:1;
@@ -619,6 +671,8 @@ struct ngx_http_llm_ctx_s {
                                                    goes to the client */
     unsigned                     retry_reply:1; /* the reply is retried */
     unsigned                     bad_reply:1;   /* not HTTP */
+    unsigned                     drain:1;       /* the usage is awaited */
+    unsigned                     client_gone:1;
 };
 
 
@@ -685,6 +739,9 @@ ngx_int_t ngx_http_llm_format_path(ngx_http_request_t *r,
 ngx_chain_t *ngx_http_llm_json_chain(ngx_pool_t *pool, cJSON *json);
 ngx_int_t ngx_http_llm_body_edit(ngx_pool_t *pool, ngx_str_t *body,
     ngx_http_llm_edit_t *edit, ngx_uint_t n, ngx_chain_t **out);
+ngx_uint_t ngx_http_llm_clamp_edits(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_json_value_t **v, ngx_uint_t nv,
+    u_char *obj, char *name, ngx_http_llm_edit_t *edit);
 
 /* JSON scanner: ngx_http_llm_json.c */
 ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
@@ -739,6 +796,34 @@ u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
 ngx_msec_t ngx_http_llm_hist_bound(ngx_uint_t i);
+
+/* limits: ngx_http_llm_limit.c */
+char *ngx_http_llm_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_merge(ngx_conf_t *cf,
+    ngx_http_llm_loc_conf_t *conf);
+ngx_shm_zone_t *ngx_http_llm_limit_zone_add(ngx_conf_t *cf, ngx_str_t *name,
+    ssize_t size);
+ngx_int_t ngx_http_llm_limit_value(ngx_str_t *name, ngx_str_t *value,
+    ngx_http_llm_limits_t *limits);
+ngx_int_t ngx_http_llm_limit_reserve(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_limit_header(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_str_t *ngx_http_llm_limit_status_name(ngx_uint_t status);
+ngx_int_t ngx_http_llm_limit_status(ngx_http_request_t *r, ngx_str_t *out);
+
+/* virtual keys: ngx_http_llm_keys.c */
+char *ngx_http_llm_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_llm_keys_check(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_key_allows(ngx_array_t *names, ngx_str_t *name);
+ngx_int_t ngx_http_llm_key_name_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+ngx_int_t ngx_http_llm_key_meta_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 /* circuit breakers: ngx_http_llm_breaker.c */
 char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -20,6 +20,8 @@ static ngx_int_t ngx_http_llm_openai_event(ngx_http_request_t *r,
     ngx_http_llm_sse_event_t *ev);
 static ngx_int_t ngx_http_llm_openai_chunk_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static void ngx_http_llm_openai_finished(ngx_http_llm_ctx_t *ctx, u_char *p,
+    u_char *last);
 
 
 typedef struct {
@@ -53,10 +55,11 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *path, ngx_str_t *headers,
     ngx_chain_t **body)
 {
-    ngx_str_t                 endpoint;
-    ngx_uint_t                n;
-    ngx_http_llm_edit_t       edit[2];
-    ngx_http_llm_provider_t  *p;
+    ngx_str_t                   endpoint;
+    ngx_uint_t                  n;
+    ngx_http_llm_edit_t         edit[4];
+    ngx_http_llm_provider_t    *p;
+    ngx_http_llm_json_value_t  *max[2];
 
     p = ctx->provider;
 
@@ -88,6 +91,12 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
         ctx->strip_usage = 1;
         n++;
     }
+
+    max[0] = &ctx->req.max_tokens;
+    max[1] = &ctx->req.max_completion_tokens;
+
+    n += ngx_http_llm_clamp_edits(r, ctx, max, 2, NULL, "\"max_tokens\":",
+                                  &edit[n]);
 
     return ngx_http_llm_body_edit(r->pool, &ctx->body, edit, n, body);
 }
@@ -202,6 +211,10 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
     p = ev->data.data;
     last = p + ev->data.len;
 
+    if (!ctx->raw.finished) {
+        ngx_http_llm_openai_finished(ctx, p, last);
+    }
+
     /*
      * OpenAI ends every chunk but the last with "usage":null when the
      * usage is asked for: the member of the object that the last byte
@@ -301,4 +314,33 @@ ngx_http_llm_openai_chunk_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Has the model finished?  A "finish_reason" member with a string value
+ * (a quote inside a string is escaped, so these bytes are a key): only
+ * the usage may follow.
+ */
+
+static void
+ngx_http_llm_openai_finished(ngx_http_llm_ctx_t *ctx, u_char *p,
+    u_char *last)
+{
+    p = ngx_http_llm_memstr(p, last - p, "\"finish_reason\"");
+
+    if (p == NULL) {
+        return;
+    }
+
+    for (p += sizeof("\"finish_reason\"") - 1;
+         p < last && (*p == ' ' || *p == ':' || *p == '\t');
+         p++)
+    {
+        /* void */
+    }
+
+    if (p < last && *p == '"') {
+        ctx->raw.finished = 1;
+    }
 }

@@ -64,6 +64,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     ngx_http_llm_status_node_t  *nodes;
     time_t                       started;
     uint64_t                     evicted;
+    ngx_str_t                    limits;
     ngx_http_llm_breaker_t       breakers[NGX_HTTP_LLM_BREAKERS];
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -136,8 +137,12 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (ngx_http_llm_limit_status(r, &limits) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     len += NGX_HTTP_LLM_STATS_LEN + 256 + 6 * zone->name.len
-           + NGX_HTTP_LLM_BREAKERS * 320;
+           + NGX_HTTP_LLM_BREAKERS * 320 + limits.len;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -158,6 +163,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
                                     nodes, n);
 
     p = ngx_http_llm_breaker_status(p, breakers);
+    p = ngx_cpymem(p, limits.data, limits.len);
 
     *p++ = '}';
     *p++ = LF;

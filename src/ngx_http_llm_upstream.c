@@ -35,6 +35,9 @@ static ngx_int_t ngx_http_llm_send_filter(void *data, ngx_chain_t *in);
 static void ngx_http_llm_backoff_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_input_filter_init(void *data);
 static ngx_int_t ngx_http_llm_copy_filter(void *data, ssize_t bytes);
+static ngx_int_t ngx_http_llm_drain(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ssize_t bytes);
+static void ngx_http_llm_drain_check(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_chunked_filter(void *data, ssize_t bytes);
 static ngx_int_t ngx_http_llm_output(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *pos, u_char *last, ngx_chain_t ***ll);
@@ -1222,11 +1225,13 @@ ngx_http_llm_copy_filter(void *data, ssize_t bytes)
         return NGX_ERROR;
     }
 
-    if (u->length == 0 && ctx->sse_reply) {
-        return ngx_http_llm_stream_end(r, ctx, &ll);
+    if (u->length == 0 && ctx->sse_reply
+        && ngx_http_llm_stream_end(r, ctx, &ll) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
-    return NGX_OK;
+    return ngx_http_llm_drain(r, ctx, bytes);
 }
 
 
@@ -1308,7 +1313,7 @@ ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    return ngx_http_llm_drain(r, ctx, bytes);
 }
 
 
@@ -1316,6 +1321,122 @@ ngx_http_llm_chunked_filter(void *data, ssize_t bytes)
  * Bytes of the reply body: a stream goes through the stream output; the
  * rest goes to the client as it is, and through the usage scanner.
  */
+
+/*
+ * A client that goes away once the model has finished (after the finish
+ * reason, before the usage that follows it) does not take the usage with
+ * it: the gateway goes on reading the provider's reply, for at most
+ * NGX_HTTP_LLM_DRAIN_TIME and NGX_HTTP_LLM_DRAIN_SIZE, and sends nothing
+ * more, so that the request is billed on the provider's usage.  A client
+ * that goes away before the model has finished closes the provider
+ * request, as nginx does (the usage is then estimated).
+ */
+
+static ngx_int_t
+ngx_http_llm_drain(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ssize_t bytes)
+{
+    ngx_http_upstream_t       *u;
+    ngx_http_upstream_conf_t  *conf;
+
+    u = r->upstream;
+
+    if (ctx->client_gone) {
+
+        /* nothing more for the client */
+
+        u->out_bufs = NULL;
+        ctx->drained += bytes;
+
+        if (ctx->drained > NGX_HTTP_LLM_DRAIN_SIZE
+            || ngx_current_msec - ctx->gone > NGX_HTTP_LLM_DRAIN_TIME)
+        {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "llm provider \"%V\" sent no usage in %uz bytes "
+                          "after the client closed the connection",
+                          &ctx->provider->name, ctx->drained);
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    if (!ctx->stream || !ctx->raw.finished || ctx->drain || u->length == 0
+        || (ctx->provider->format->dialect->marked ? ctx->raw.final
+                                                   : ctx->raw.objects > 0)
+        || r->read_event_handler == ngx_http_block_reading)
+    {
+        return NGX_OK;
+    }
+
+    /* the model has finished and its usage is to come */
+
+    ctx->drain = 1;
+
+    conf = ngx_palloc(r->pool, sizeof(ngx_http_upstream_conf_t));
+    if (conf == NULL) {
+        return NGX_ERROR;
+    }
+
+    *conf = *u->conf;
+    conf->read_timeout = ngx_min(conf->read_timeout, NGX_HTTP_LLM_DRAIN_TIME);
+    conf->ignore_client_abort = 1;
+
+    ctx->drain_conf = conf;
+    r->read_event_handler = ngx_http_llm_drain_check;
+
+    return NGX_OK;
+}
+
+
+/* the client's connection, while the rest of the reply is only the usage */
+
+static void
+ngx_http_llm_drain_check(ngx_http_request_t *r)
+{
+    int                  n;
+    char                 buf[1];
+    ngx_err_t            err;
+    ngx_connection_t    *c;
+    ngx_http_llm_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (c->error) {
+        n = 0;
+        err = 0;
+
+    } else {
+        n = recv(c->fd, buf, 1, MSG_PEEK);
+        err = ngx_socket_errno;
+
+        if (n > 0 || (n == -1 && err == NGX_EAGAIN)) {
+            /* a pipelined request, or nothing: the client is there */
+            return;
+        }
+    }
+
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_INFO, c->log, err,
+                  "client closed the connection after the model finished: "
+                  "reading the provider's usage");
+
+    c->read->eof = 1;
+    c->error = 1;
+
+    ctx->client_gone = 1;
+    ctx->gone = ngx_current_msec;
+
+    r->upstream->conf = ctx->drain_conf;
+    r->read_event_handler = ngx_http_block_reading;
+}
+
 
 static ngx_int_t
 ngx_http_llm_output(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,

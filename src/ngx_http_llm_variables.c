@@ -32,7 +32,8 @@ enum {
     ngx_http_llm_var_cache_write,
     ngx_http_llm_var_reasoning,
     ngx_http_llm_var_total,
-    ngx_http_llm_var_attempts
+    ngx_http_llm_var_attempts,
+    ngx_http_llm_var_limit_status
 };
 
 
@@ -105,6 +106,15 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_total_tokens"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_total, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_key_name"), NULL, ngx_http_llm_key_name_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_key_meta_"), NULL, ngx_http_llm_key_meta_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE|NGX_HTTP_VAR_PREFIX, 0 },
+
+    { ngx_string("llm_limit_status"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_limit_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -230,6 +240,12 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         n = ngx_http_llm_attempts_made(ctx);
         break;
 
+    case ngx_http_llm_var_limit_status:
+        if (ctx->limit_status) {
+            s = *ngx_http_llm_limit_status_name(ctx->limit_status);
+        }
+        goto done;
+
     case ngx_http_llm_var_usage_source:
         ngx_http_llm_usage_finalize(r, ctx);
         s.data = ngx_http_llm_usage_source_name(ctx->usage_source, &s.len);
@@ -321,7 +337,7 @@ done:
 
 
 /*
- * The client's key as 16 hex digits of its SHA-256: per-key reports from
+ * The client's key as 16 hex digits of a SHA-256 of it: per-key reports from
  * the log, with no key in it.  The key is the Bearer token of
  * Authorization, else X-Api-Key, else X-Goog-Api-Key.
  */
@@ -329,8 +345,11 @@ done:
 static ngx_int_t
 ngx_http_llm_key_id(ngx_http_request_t *r, ngx_str_t *s)
 {
-    u_char     *p, md[SHA256_DIGEST_LENGTH];
-    ngx_str_t   key;
+    u_char      *p, md[SHA256_DIGEST_LENGTH];
+    ngx_str_t    key;
+    SHA256_CTX   sha;
+
+    static u_char  domain[] = "nginx-llm-gateway key id";
 
     (void) ngx_http_llm_client_key(r, &key);
 
@@ -338,7 +357,15 @@ ngx_http_llm_key_id(ngx_http_request_t *r, ngx_str_t *s)
         return NGX_OK;
     }
 
-    SHA256(key.data, key.len, md);
+    /*
+     * a hash of its own, so that it is no prefix of the SHA-256 that an
+     * llm_keys file may hold of the key
+     */
+
+    SHA256_Init(&sha);
+    SHA256_Update(&sha, domain, sizeof(domain));
+    SHA256_Update(&sha, key.data, key.len);
+    SHA256_Final(md, &sha);
 
     p = ngx_pnalloc(r->pool, 16);
     if (p == NULL) {

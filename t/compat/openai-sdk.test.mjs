@@ -214,6 +214,39 @@ test('provider error passed through: X-Mock-Status 429 -> RateLimitError', async
     );
 });
 
+test('the gateway\'s own limit: RateLimitError on the 429, x-ratelimit-* headers read', async () => {
+    const limited = new OpenAI({
+        baseURL: baseURL.replace(/\/v1\/?$/, '/limited/v1'),
+        apiKey: 'not-the-provider-key',
+        maxRetries: 0,
+        timeout: 10_000,
+        defaultHeaders: { 'X-Tenant': `sdk-${process.pid}-${Date.now()}` },
+    });
+
+    for (const left of ['1', '0']) {
+        const { response } = await limited.chat.completions
+            .create({ model: 'gpt-4o-mini', messages: MESSAGES, max_tokens: 50 })
+            .withResponse();
+        assert.equal(response.status, 200);
+        assert.equal(response.headers.get('x-ratelimit-limit-requests'), '2');
+        assert.equal(response.headers.get('x-ratelimit-remaining-requests'), left);
+        assert.equal(response.headers.get('x-ratelimit-limit-tokens'), '100000');
+        assert.match(response.headers.get('x-ratelimit-reset-requests') ?? '', /^(\d+h)?(\d+m)?\d+m?s$/);
+    }
+
+    await assert.rejects(
+        limited.chat.completions.create({ model: 'gpt-4o-mini', messages: MESSAGES, max_tokens: 50 }),
+        (err) => {
+            assert.ok(err instanceof OpenAI.RateLimitError, `RateLimitError expected, got ${err?.constructor?.name}: ${err?.message}`);
+            assert.equal(err.status, 429);
+            assert.equal(err.code, 'rate_limit_exceeded');
+            assert.ok(Number(err.headers?.get('retry-after')) > 0, 'Retry-After');
+            assert.equal(err.headers?.get('x-ratelimit-remaining-requests'), '0');
+            return true;
+        },
+    );
+});
+
 test('provider stream broken off: the SDK raises an APIError after the first chunks', async () => {
     // provider `stalling` sends 2 events (role, first piece of text) and then
     // nothing; after its read_timeout (1s) the gateway appends

@@ -109,6 +109,9 @@ http {
         header X-Mock-Stall 2;
     }
 
+    # two requests a day per X-Tenant
+    llm_limit_zone sdk:1m key=\$http_x_tenant requests=2/d tokens=100000/d;
+
     # the gateway
     server {
         listen 127.0.0.1:$PORT;
@@ -116,6 +119,11 @@ http {
 
         location /v1/ {
             llm_pass mock;
+        }
+
+        location /limited/v1/ {
+            llm_pass mock;
+            llm_limit sdk;
         }
 
         location /stall/v1/ {
