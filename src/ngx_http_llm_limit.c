@@ -80,6 +80,30 @@ struct ngx_http_llm_limit_zone_s {
 };
 
 
+/* a limit that applies to the request: its zone, its key, its limits */
+
+typedef struct {
+    ngx_http_llm_limit_zone_t   *zone;
+    ngx_http_llm_limits_t       *limits;
+    ngx_str_t                    key;
+    uint32_t                     hash;
+    unsigned                     clamp:1;
+    unsigned                     dry_run:1;
+    unsigned                     skip:1;
+} ngx_http_llm_limit_apply_t;
+
+
+/* what the request needs: the estimates of admission */
+
+typedef struct {
+    uint64_t                     input;         /* tokens */
+    uint64_t                     output;        /* tokens */
+    uint64_t                     input_cost;    /* the dearest, 1e-12 USD */
+    uint64_t                     output_price;  /* the dearest a token */
+    ngx_uint_t                   named;         /* the request's max */
+} ngx_http_llm_limit_need_t;
+
+
 static ngx_int_t ngx_http_llm_limit_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_llm_limit_rbtree_insert_value(ngx_rbtree_node_t *temp,
@@ -91,6 +115,23 @@ static void ngx_http_llm_limit_expire(ngx_http_llm_limit_zone_t *zone,
     ngx_uint_t force, ngx_log_t *log);
 static void ngx_http_llm_limit_advance(ngx_http_llm_limit_node_t *ln,
     ngx_http_llm_limits_t *limits);
+static ngx_int_t ngx_http_llm_limit_applied(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_limit_apply_t *apply,
+    ngx_uint_t *n);
+static ngx_int_t ngx_http_llm_limit_need(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_limit_need_t *need);
+static ngx_int_t ngx_http_llm_limit_fit(ngx_http_llm_limit_node_t *ln,
+    ngx_http_llm_limits_t *limits, ngx_http_llm_limit_need_t *need,
+    ngx_uint_t clamp, uint64_t *output, ngx_msec_t *retry);
+static uint64_t ngx_http_llm_limit_left(ngx_http_llm_limit_node_t *ln,
+    ngx_uint_t d);
+static void ngx_http_llm_limit_tell(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_limit_node_t *ln, ngx_http_llm_limits_t *limits);
+static ngx_int_t ngx_http_llm_json_uint(ngx_http_llm_json_value_t *v,
+    uint64_t *n);
+static ngx_msec_t ngx_http_llm_limit_reset(ngx_http_llm_limits_t *limits,
+    ngx_uint_t d);
+static u_char *ngx_http_llm_limit_duration(u_char *p, ngx_msec_t ms);
 static void ngx_http_llm_limit_cleanup(void *data);
 static ngx_int_t ngx_http_llm_limit_reject(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_limit_zone_t *zone,
@@ -230,9 +271,9 @@ ngx_http_llm_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\" (key=STRING, requests=N/PERIOD, "
-                       "tokens=N/PERIOD, spend=USD/PERIOD or concurrent=N; "
-                       "PERIOD s, m, h or d)", &value[i]);
+                       "invalid parameter \"%V\" (key=STRING, "
+                       "requests=N/PERIOD, tokens=N/PERIOD, spend=USD/PERIOD "
+                       "or concurrent=N; PERIOD s, m, h or d)", &value[i]);
     return NGX_CONF_ERROR;
 }
 
@@ -825,49 +866,6 @@ ngx_http_llm_limit_advance(ngx_http_llm_limit_node_t *ln,
 
     ln->epoch = epoch;
 }
-
-
-/* a limit that applies to the request: its zone, its key, its limits */
-
-typedef struct {
-    ngx_http_llm_limit_zone_t   *zone;
-    ngx_http_llm_limits_t       *limits;
-    ngx_str_t                    key;
-    uint32_t                     hash;
-    unsigned                     clamp:1;
-    unsigned                     dry_run:1;
-    unsigned                     skip:1;
-} ngx_http_llm_limit_apply_t;
-
-
-/* what the request needs: the estimates of admission */
-
-typedef struct {
-    uint64_t                     input;         /* tokens */
-    uint64_t                     output;        /* tokens */
-    uint64_t                     input_cost;    /* the dearest, 1e-12 USD */
-    uint64_t                     output_price;  /* the dearest a token */
-    ngx_uint_t                   named;         /* the request's max */
-} ngx_http_llm_limit_need_t;
-
-
-static ngx_int_t ngx_http_llm_limit_applied(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_http_llm_limit_apply_t *apply,
-    ngx_uint_t *n);
-static ngx_int_t ngx_http_llm_limit_need(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, ngx_http_llm_limit_need_t *need);
-static ngx_int_t ngx_http_llm_limit_fit(ngx_http_llm_limit_node_t *ln,
-    ngx_http_llm_limits_t *limits, ngx_http_llm_limit_need_t *need,
-    ngx_uint_t clamp, uint64_t *output, ngx_msec_t *retry);
-static uint64_t ngx_http_llm_limit_left(ngx_http_llm_limit_node_t *ln,
-    ngx_uint_t d);
-static void ngx_http_llm_limit_tell(ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_limit_node_t *ln, ngx_http_llm_limits_t *limits);
-static ngx_int_t ngx_http_llm_json_uint(ngx_http_llm_json_value_t *v,
-    uint64_t *n);
-static ngx_msec_t ngx_http_llm_limit_reset(ngx_http_llm_limits_t *limits,
-    ngx_uint_t d);
-static u_char *ngx_http_llm_limit_duration(u_char *p, ngx_msec_t ms);
 
 
 /*
