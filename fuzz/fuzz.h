@@ -393,6 +393,29 @@ fuzz_same(const u_char *a, size_t alen, const u_char *b, size_t blen)
 }
 
 
+/* FUZZ_DUMP=DIR: bytes to DIR/NAME, to look at a failing input */
+
+static void
+fuzz_dump(const char *name, const u_char *p, size_t len)
+{
+    char   path[1024];
+    FILE  *f;
+
+    snprintf(path, sizeof(path), "%s/%s", getenv("FUZZ_DUMP"), name);
+
+    f = fopen(path, "w");
+    if (f == NULL) {
+        return;
+    }
+
+    if (len) {
+        fwrite(p, 1, len, f);
+    }
+
+    fclose(f);
+}
+
+
 /* any text as a NUL-terminated copy (for cJSON and messages) */
 
 static char *

@@ -21,6 +21,76 @@
 #include "fuzz.h"
 
 
+/*
+ * A known bug, skipped with FUZZ_SKIP_KNOWN=1 (for long campaigns only;
+ * make fuzz fails on fuzz/regressions/stream/held-event-cut-in-comment
+ * until it is fixed): the usage member of an OpenAI event that came in
+ * several pieces is cut where its data first occurs in the event's bytes,
+ * which may be a comment or another line before the data line.  The
+ * format's handler is wrapped to see when that can happen: an event cut
+ * while held, whose data occurs more than once in its bytes (or once, if
+ * it is of several lines).
+ */
+
+static ngx_uint_t             fuzz_skip_known;
+static ngx_uint_t             fuzz_known;
+static ngx_http_llm_format_t  fuzz_openai;
+
+
+static ngx_int_t
+fuzz_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
+{
+    u_char              *p, *last, *found, *buf;
+    size_t               n, size;
+    ngx_int_t            rc;
+    ngx_http_llm_ctx_t  *ctx;
+
+    rc = ngx_http_llm_format_openai.event(r, ev);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ev->action != NGX_HTTP_LLM_SSE_REPLACE || ctx->hold_len == 0
+        || ev->data.len == 0)
+    {
+        return rc;
+    }
+
+    /* the held bytes and the rest of the event, as the relay joins them */
+
+    size = ctx->hold_len + (ev->end - ctx->raw_start);
+
+    buf = malloc(size);
+    if (buf == NULL) {
+        abort();
+    }
+
+    ngx_memcpy(buf, ctx->hold, ctx->hold_len);
+    ngx_memcpy(buf + ctx->hold_len, ctx->raw_start, ev->end - ctx->raw_start);
+
+    n = 0;
+
+    for (p = buf, last = buf + size; p < last; ) {
+        found = memmem(p, last - p, ev->data.data, ev->data.len);
+        if (found == NULL) {
+            break;
+        }
+
+        n++;
+        p = found + 1;
+    }
+
+    free(buf);
+
+    /* data of several lines occurs once only where it should not */
+
+    if (n > 1 || (n == 1 && memchr(ev->data.data, LF, ev->data.len))) {
+        fuzz_known = 1;
+    }
+
+    return rc;
+}
+
+
 typedef struct {
     fuzz_buf_t                   out;
     ngx_http_llm_usage_raw_t     raw;
@@ -46,7 +116,9 @@ fuzz_relay(fuzz_input_t *in, ngx_uint_t split, fuzz_result_t *res)
     switch (in->options & 3) {
     case 0:
     case 1:
-        fuzz_provider_init(&provider, &ngx_http_llm_format_openai);
+        fuzz_openai = ngx_http_llm_format_openai;
+        fuzz_openai.event = fuzz_openai_event;
+        fuzz_provider_init(&provider, &fuzz_openai);
         break;
     case 2:
         fuzz_provider_init(&provider, &ngx_http_llm_format_anthropic);
@@ -125,8 +197,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
 
+    fuzz_skip_known = (getenv("FUZZ_SKIP_KNOWN") != NULL);
+    fuzz_known = 0;
+
     fuzz_relay(&in, 0, &whole);
     fuzz_relay(&in, 1, &split);
+
+    if (fuzz_known && fuzz_skip_known) {
+        goto done;
+    }
 
     if (!whole.strip_usage) {
         fuzz_assert(fuzz_same(whole.out.data, whole.out.len, in.data, in.len),
@@ -139,6 +218,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     "a stream not edited, cut in %lu pieces, reached the "
                     "client changed: %zu bytes of %zu",
                     (unsigned long) in.ncuts + 1, split.out.len, in.len);
+    }
+
+    if (getenv("FUZZ_DUMP")) {
+        fuzz_dump("input", in.data, in.len);
+        fuzz_dump("whole", whole.out.data, whole.out.len);
+        fuzz_dump("split", split.out.data, split.out.len);
     }
 
     fuzz_assert(fuzz_same(whole.out.data, whole.out.len,
@@ -162,6 +247,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 (unsigned long) split.raw.objects,
                 (unsigned long) whole.raw.invalid,
                 (unsigned long) split.raw.invalid);
+
+done:
 
     fuzz_buf_free(&whole.out);
     fuzz_buf_free(&split.out);
