@@ -56,7 +56,7 @@ ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
 {
     ngx_str_t                   endpoint;
     ngx_uint_t                  n;
-    ngx_http_llm_edit_t         edit[2];
+    ngx_http_llm_edit_t         edit[6];
     ngx_http_llm_json_value_t  *max;
 
     ngx_str_set(&endpoint, "/messages");
@@ -87,7 +87,15 @@ ngx_http_llm_anthropic_create_request(ngx_http_request_t *r,
         edit[0].end = ctx->req.model.end;
         edit[0].text = ctx->model_map->json;
         n = 1;
+
+    } else if (ctx->model_override) {
+        edit[0].start = ctx->req.model.start;
+        edit[0].end = ctx->req.model.end;
+        edit[0].text = *ctx->variant->model_json;
+        n = 1;
     }
+
+    n += ngx_http_llm_experiment_edits(r, ctx, &edit[n]);
 
     max = &ctx->req.max_tokens;
 

@@ -266,13 +266,14 @@ ngx_http_llm_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    if (llcf->route
-        && ngx_http_llm_limit_header(r,
-                                     ngx_http_get_module_ctx(r,
-                                                       ngx_http_llm_module))
-           != NGX_OK)
-    {
-        return NGX_ERROR;
+    if (llcf->route) {
+        ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+        if (ngx_http_llm_limit_header(r, ctx) != NGX_OK
+            || ngx_http_llm_experiment_header(r, ctx) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     if (r->err_status == 0) {
@@ -430,4 +431,25 @@ ngx_http_llm_log_text(u_char *dst, u_char *end, u_char *src, size_t len)
     }
 
     return dst;
+}
+
+
+/* a fixed JSON answer */
+
+ngx_int_t
+ngx_http_llm_send_text(ngx_http_request_t *r, ngx_uint_t status, char *json)
+{
+    size_t      len;
+    ngx_buf_t  *b;
+
+    len = ngx_strlen(json);
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, json, len);
+
+    return ngx_http_llm_send_buf(r, status, b);
 }

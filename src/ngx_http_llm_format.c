@@ -219,9 +219,15 @@ ngx_http_llm_clamp_edits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_edit_t *edit)
 {
     u_char      *p, *q;
+    uint64_t     max;
     ngx_uint_t   i, n;
 
-    if (ctx->clamp == 0) {
+    /* the limit's clamp, else the variant's max_tokens */
+
+    max = ctx->clamp ? ctx->clamp
+                     : (ctx->variant ? ctx->variant->max_tokens : 0);
+
+    if (max == 0) {
         return 0;
     }
 
@@ -241,7 +247,7 @@ ngx_http_llm_clamp_edits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         edit[n].start = v[i]->start;
         edit[n].end = v[i]->end;
         edit[n].text.data = p;
-        edit[n].text.len = ngx_sprintf(p, "%uL", ctx->clamp) - p;
+        edit[n].text.len = ngx_sprintf(p, "%uL", max) - p;
         n++;
     }
 
@@ -265,7 +271,7 @@ ngx_http_llm_clamp_edits(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     edit[0].start = obj + 1;
     edit[0].end = obj + 1;
     edit[0].text.data = p;
-    edit[0].text.len = ngx_sprintf(p, "%s%uL%s", name, ctx->clamp,
+    edit[0].text.len = ngx_sprintf(p, "%s%uL%s", name, max,
                                    (*q == '}') ? "" : ",")
                        - p;
 

@@ -81,6 +81,11 @@ static ngx_http_llm_member_t  ngx_http_llm_request_members[] = {
     { ngx_string("max_output_tokens"),
       offsetof(ngx_http_llm_request_t, max_output_tokens) },
 
+    { ngx_string("system"), offsetof(ngx_http_llm_request_t, system) },
+    { ngx_string("temperature"),
+      offsetof(ngx_http_llm_request_t, temperature) },
+    { ngx_string("top_p"), offsetof(ngx_http_llm_request_t, top_p) },
+
     /* Gemini's, under either of the names its JSON parser takes */
     { ngx_string("generationConfig"),
       offsetof(ngx_http_llm_request_t, generation_config) },
@@ -274,6 +279,12 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (rc == NGX_OK && ctx->error.len == 0) {
         rc = ngx_http_llm_keys_check(r, ctx);
+    }
+
+    /* the variant: its model and route count from here on */
+
+    if (rc == NGX_OK && ctx->error.len == 0) {
+        rc = ngx_http_llm_experiment_apply(r, ctx);
     }
 
     if (rc != NGX_OK || ctx->error.len) {

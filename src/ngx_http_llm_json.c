@@ -28,6 +28,8 @@ static u_char *ngx_http_llm_json_members(u_char *p, u_char *last,
 static u_char *ngx_http_llm_json_elements(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_uint_t *n);
 static size_t ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c);
+static ngx_int_t ngx_http_llm_json_valid(u_char *p, size_t len,
+    ngx_uint_t controls);
 
 
 /* the bytes that end the plain run of a string: controls, '"' and '\\' */
@@ -597,6 +599,22 @@ ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c)
 ngx_int_t
 ngx_http_llm_json_text(u_char *p, size_t len)
 {
+    return ngx_http_llm_json_valid(p, len, 0);
+}
+
+
+/* valid UTF-8, control characters allowed (they are escaped for JSON) */
+
+ngx_int_t
+ngx_http_llm_json_utf8(u_char *p, size_t len)
+{
+    return ngx_http_llm_json_valid(p, len, 1);
+}
+
+
+static ngx_int_t
+ngx_http_llm_json_valid(u_char *p, size_t len, ngx_uint_t controls)
+{
     u_char      *last;
     uint32_t     cp, min;
     ngx_uint_t   i, n;
@@ -606,7 +624,7 @@ ngx_http_llm_json_text(u_char *p, size_t len)
     while (p < last) {
 
         if (*p < 0x80) {
-            if (*p < 0x20 || *p == 0x7f) {
+            if (!controls && (*p < 0x20 || *p == 0x7f)) {
                 return NGX_ERROR;
             }
 
@@ -645,7 +663,7 @@ ngx_http_llm_json_text(u_char *p, size_t len)
         }
 
         if (cp < min || cp > 0x10ffff
-            || (cp >= 0xd800 && cp <= 0xdfff) || cp <= 0x9f)
+            || (cp >= 0xd800 && cp <= 0xdfff) || (!controls && cp <= 0x9f))
         {
             return NGX_ERROR;
         }
@@ -654,4 +672,21 @@ ngx_http_llm_json_text(u_char *p, size_t len)
     }
 
     return NGX_OK;
+}
+
+
+/* one value at p, after white space: its type and bytes; NULL if invalid */
+
+u_char *
+ngx_http_llm_json_skip(u_char *p, u_char *last, ngx_http_llm_json_value_t *v)
+{
+    p = ngx_http_llm_json_ws(p, last);
+
+    p = ngx_http_llm_json_value(p, last, 1, v);
+
+    if (p == NULL) {
+        return NULL;
+    }
+
+    return ngx_http_llm_json_ws(p, last);
 }

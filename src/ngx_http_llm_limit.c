@@ -1189,6 +1189,11 @@ ngx_http_llm_limit_need(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         need->named = 1;
     }
 
+    if (ctx->variant && ctx->variant->max_tokens) {
+        need->output = ctx->variant->max_tokens;
+        need->named = 1;
+    }
+
     most = 0;
 
     for (i = 0; i < ctx->nattempts; i++) {

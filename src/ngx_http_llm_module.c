@@ -91,6 +91,28 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, attempts_header),
       NULL },
 
+    { ngx_string("llm_experiment"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_llm_experiment_block,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    /* the same name, for the requests of a server or a location */
+    { ngx_string("llm_experiment"),
+      NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_experiment_use,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_feedback"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_llm_feedback_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_limit_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_llm_limit_zone_conf,
@@ -204,6 +226,13 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&lmcf->experiments, cf->pool, 2,
+                       sizeof(ngx_http_llm_experiment_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     return lmcf;
 }
 
@@ -213,7 +242,8 @@ ngx_http_llm_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_llm_main_conf_t *lmcf = conf;
 
-    if (ngx_http_llm_init_peers(cf, lmcf) != NGX_OK
+    if (ngx_http_llm_init_experiments(cf, lmcf) != NGX_CONF_OK
+        || ngx_http_llm_init_peers(cf, lmcf) != NGX_OK
         || ngx_http_llm_init_routes(cf, lmcf) != NGX_CONF_OK)
     {
         return NGX_CONF_ERROR;
@@ -275,11 +305,27 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    if (conf->experiment_name.len == 0) {
+        conf->experiment_name = prev->experiment_name;
+    }
+
+    if (conf->experiment_name.len && conf->experiment == NULL) {
+        conf->experiment = ngx_http_llm_find_experiment(lmcf,
+                                                     &conf->experiment_name);
+
+        if (conf->experiment == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "unknown llm_experiment \"%V\"",
+                          &conf->experiment_name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (conf->route_name.len == 0 || conf->route) {
         return NGX_CONF_OK;
     }
-
-    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
 
     conf->route = ngx_http_llm_find_route(cf, lmcf, &conf->route_name);
 

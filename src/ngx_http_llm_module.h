@@ -98,6 +98,9 @@ typedef struct {
     ngx_http_llm_json_value_t    max_completion_tokens;
     ngx_http_llm_json_value_t    max_output_tokens;
     ngx_http_llm_json_value_t    generation_config;   /* Gemini */
+    ngx_http_llm_json_value_t    system;         /* Anthropic */
+    ngx_http_llm_json_value_t    temperature;
+    ngx_http_llm_json_value_t    top_p;
     ngx_http_llm_json_value_t    max_output;     /* of generation_config */
     ngx_str_t                    duplicate;
     ngx_str_t                    folded;     /* a key of another case */
@@ -257,11 +260,20 @@ typedef struct {
     uint64_t                     unpriced;
     uint64_t                     latency[NGX_HTTP_LLM_HIST];
     uint64_t                     ttft[NGX_HTTP_LLM_HIST];
+
+    /* of a variant: the outcomes its clients report (llm_feedback) */
+    uint64_t                     outcomes;
+    uint64_t                     successes;
+    uint64_t                     scores;
+    double                       score_sum;
+    double                       score_squares;
+    double                       p_sequential;  /* the least so far, or 0 */
 } ngx_http_llm_stats_t;
 
 
 #define NGX_HTTP_LLM_NODE_PROVIDER  0
 #define NGX_HTTP_LLM_NODE_MODEL     1
+#define NGX_HTTP_LLM_NODE_VARIANT   2
 
 typedef struct {
     u_char                       color;
@@ -318,6 +330,12 @@ typedef struct {
     uint64_t                     evicted;
     time_t                       evict_logged;
     ngx_http_llm_breaker_t       breaker[NGX_HTTP_LLM_BREAKERS];
+
+    /* the request ids that got their feedback, oldest last */
+    ngx_rbtree_t                 feedback;
+    ngx_rbtree_node_t            feedback_sentinel;
+    ngx_queue_t                  feedback_queue;
+    uint64_t                     feedback_dropped;
 } ngx_http_llm_shctx_t;
 
 
@@ -400,6 +418,50 @@ typedef struct {
 } ngx_http_llm_keys_t;
 
 
+/* prompt-variant experiments: ngx_http_llm_experiment.c */
+
+#define NGX_HTTP_LLM_SIG_LEN       16      /* bytes of a request id's HMAC */
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_uint_t                   weight;
+    ngx_uint_t                   index;
+    ngx_str_t                    spec;          /* its line, fingerprinted */
+    unsigned                     control:1;
+
+    ngx_uint_t                   mode;          /* of the system prompt */
+    ngx_str_t                   *system_message;  /* the edits' texts */
+    ngx_str_t                   *system_member;
+    ngx_str_t                   *system_value;
+    ngx_str_t                   *system_prefix;
+    ngx_str_t                   *system_suffix;
+    ngx_str_t                   *system_part;
+    ngx_str_t                   *system_part_comma;
+    ngx_str_t                   *comma_system_part;
+
+    ngx_str_t                    model;         /* an alias, or none */
+    ngx_str_t                   *model_json;
+    ngx_str_t                    route_name;
+    ngx_http_llm_route_t        *route;
+    ngx_str_t                    temperature;   /* JSON numbers, or none */
+    ngx_str_t                    top_p;
+    uint64_t                     max_tokens;    /* 0: none */
+} ngx_http_llm_variant_t;
+
+
+typedef struct {
+    ngx_str_t                    name;
+    ngx_http_complex_value_t    *key;           /* NULL: random */
+    ngx_array_t                  variants;      /* ngx_http_llm_variant_t */
+    ngx_uint_t                   control;       /* its index */
+    ngx_flag_t                   header;
+    ngx_str_t                    secret;
+    time_t                       window;        /* of feedback */
+    ngx_uint_t                   mde;           /* percent */
+    uint32_t                     fingerprint;
+} ngx_http_llm_experiment_t;
+
+
 typedef struct {
     ngx_array_t                  providers;  /* ngx_http_llm_provider_t * */
     ngx_array_t                  routes;     /* ngx_http_llm_route_t * */
@@ -412,6 +474,7 @@ typedef struct {
 
     ngx_shm_zone_t              *zone;
     ngx_array_t                  limit_zones;  /* limit zone * */
+    ngx_array_t                  experiments;  /* experiment * */
 } ngx_http_llm_main_conf_t;
 
 
@@ -426,9 +489,13 @@ typedef struct {
     ngx_flag_t                   attempts_header;
 
     ngx_array_t                 *limits;        /* ngx_http_llm_limit_t */
+
+    ngx_http_llm_experiment_t   *experiment;
+    ngx_str_t                    experiment_name;
     ngx_http_llm_keys_t         *keys;          /* NULL: open */
 
     ngx_uint_t                   status;
+    ngx_uint_t                   feedback;
 
     ngx_uint_t                   mock;
     ngx_uint_t                   mock_chunks;
@@ -644,6 +711,11 @@ struct ngx_http_llm_ctx_s {
     ngx_msec_t                   start;
     ngx_msec_t                   first_byte;    /* of the reply, or 0 */
 
+    /* the experiment of the request, its variant, its signed id */
+    ngx_http_llm_experiment_t   *experiment;
+    ngx_http_llm_variant_t      *variant;
+    ngx_str_t                    request_id;
+
     /* a client gone once the model finished: the usage is still read */
     ngx_msec_t                   gone;
     size_t                       drained;
@@ -673,6 +745,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                     bad_reply:1;   /* not HTTP */
     unsigned                     drain:1;       /* the usage is awaited */
     unsigned                     client_gone:1;
+    unsigned                     model_override:1;  /* by a variant */
 };
 
 
@@ -750,6 +823,9 @@ ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
     ngx_http_llm_json_value_t *v, ngx_str_t *out);
 ngx_int_t ngx_http_llm_json_key(ngx_str_t *key, ngx_str_t *name);
 ngx_int_t ngx_http_llm_json_text(u_char *p, size_t len);
+ngx_int_t ngx_http_llm_json_utf8(u_char *p, size_t len);
+u_char *ngx_http_llm_json_skip(u_char *p, u_char *last,
+    ngx_http_llm_json_value_t *v);
 
 /* stream output: ngx_http_llm_stream.c */
 ngx_int_t ngx_http_llm_stream_output(ngx_http_request_t *r,
@@ -795,6 +871,11 @@ u_char *ngx_http_llm_format_usd(u_char *p, uint64_t pico);
 /* shared statistics: ngx_http_llm_zone.c */
 char *ngx_http_llm_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_llm_log_handler(ngx_http_request_t *r);
+ngx_http_llm_stats_t *ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone,
+    ngx_uint_t kind, ngx_str_t *name, ngx_uint_t create, ngx_log_t *log);
+ngx_int_t ngx_http_llm_variant_name(ngx_pool_t *pool,
+    ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v,
+    ngx_str_t *name);
 ngx_msec_t ngx_http_llm_hist_bound(ngx_uint_t i);
 
 /* limits: ngx_http_llm_limit.c */
@@ -825,6 +906,26 @@ ngx_int_t ngx_http_llm_key_name_variable(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_key_meta_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
+/* experiments: ngx_http_llm_experiment.c */
+char *ngx_http_llm_experiment_block(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_experiment_use(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_feedback_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_llm_experiment_t *ngx_http_llm_find_experiment(
+    ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name);
+char *ngx_http_llm_init_experiments(ngx_conf_t *cf,
+    ngx_http_llm_main_conf_t *lmcf);
+ngx_int_t ngx_http_llm_experiment_apply(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_experiment_header(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+ngx_uint_t ngx_http_llm_experiment_edits(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_edit_t *edit);
+ngx_int_t ngx_http_llm_experiment_status(ngx_http_request_t *r,
+    ngx_str_t *out);
+
 /* circuit breakers: ngx_http_llm_breaker.c */
 char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -838,6 +939,7 @@ u_char *ngx_http_llm_breaker_status(u_char *p,
 
 /* status page: ngx_http_llm_status.c */
 char *ngx_http_llm_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+u_char *ngx_http_llm_status_percentiles(u_char *p, uint64_t *hist);
 
 /* errors: ngx_http_llm_error.c */
 ngx_int_t ngx_http_llm_send_error(ngx_http_request_t *r, ngx_uint_t status,
@@ -846,6 +948,8 @@ ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
     cJSON *json);
 ngx_int_t ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status,
     ngx_buf_t *b);
+ngx_int_t ngx_http_llm_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    char *json);
 ngx_int_t ngx_http_llm_error_filter_init(ngx_conf_t *cf);
 u_char *ngx_http_llm_log_text(u_char *dst, u_char *end, u_char *src,
     size_t len);

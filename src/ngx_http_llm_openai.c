@@ -57,7 +57,7 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
 {
     ngx_str_t                   endpoint;
     ngx_uint_t                  n;
-    ngx_http_llm_edit_t         edit[4];
+    ngx_http_llm_edit_t         edit[8];
     ngx_http_llm_provider_t    *p;
     ngx_http_llm_json_value_t  *max[2];
 
@@ -81,7 +81,15 @@ ngx_http_llm_openai_create_request(ngx_http_request_t *r,
         edit[n].end = ctx->req.model.end;
         edit[n].text = ctx->model_map->json;
         n++;
+
+    } else if (ctx->model_override) {
+        edit[n].start = ctx->req.model.start;
+        edit[n].end = ctx->req.model.end;
+        edit[n].text = *ctx->variant->model_json;
+        n++;
     }
+
+    n += ngx_http_llm_experiment_edits(r, ctx, &edit[n]);
 
     ctx->strip_usage = 0;
 

@@ -23,7 +23,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_llm_status_handler(ngx_http_request_t *r);
 static u_char *ngx_http_llm_status_stats(u_char *p, ngx_http_llm_stats_t *st);
-static u_char *ngx_http_llm_status_percentiles(u_char *p, uint64_t *hist);
 static u_char *ngx_http_llm_status_section(u_char *p, char *title,
     ngx_uint_t kind, ngx_http_llm_status_node_t *nodes, ngx_uint_t n);
 
@@ -64,7 +63,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
     ngx_http_llm_status_node_t  *nodes;
     time_t                       started;
     uint64_t                     evicted;
-    ngx_str_t                    limits;
+    ngx_str_t                    limits, experiments;
     ngx_http_llm_breaker_t       breakers[NGX_HTTP_LLM_BREAKERS];
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -137,12 +136,14 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ngx_http_llm_limit_status(r, &limits) != NGX_OK) {
+    if (ngx_http_llm_limit_status(r, &limits) != NGX_OK
+        || ngx_http_llm_experiment_status(r, &experiments) != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     len += NGX_HTTP_LLM_STATS_LEN + 256 + 6 * zone->name.len
-           + NGX_HTTP_LLM_BREAKERS * 320 + limits.len;
+           + NGX_HTTP_LLM_BREAKERS * 320 + limits.len + experiments.len;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -164,6 +165,7 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
     p = ngx_http_llm_breaker_status(p, breakers);
     p = ngx_cpymem(p, limits.data, limits.len);
+    p = ngx_cpymem(p, experiments.data, experiments.len);
 
     *p++ = '}';
     *p++ = LF;
@@ -258,7 +260,7 @@ ngx_http_llm_status_stats(u_char *p, ngx_http_llm_stats_t *st)
  * share is reached, within 25% of the true value.
  */
 
-static u_char *
+u_char *
 ngx_http_llm_status_percentiles(u_char *p, uint64_t *hist)
 {
     uint64_t    total, cum, want;

@@ -33,7 +33,9 @@ enum {
     ngx_http_llm_var_reasoning,
     ngx_http_llm_var_total,
     ngx_http_llm_var_attempts,
-    ngx_http_llm_var_limit_status
+    ngx_http_llm_var_limit_status,
+    ngx_http_llm_var_experiment,
+    ngx_http_llm_var_variant
 };
 
 
@@ -115,6 +117,12 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
 
     { ngx_string("llm_limit_status"), NULL, ngx_http_llm_variable,
       ngx_http_llm_var_limit_status, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_experiment"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_experiment, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("llm_variant"), NULL, ngx_http_llm_variable,
+      ngx_http_llm_var_variant, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -208,6 +216,12 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         goto done;
 
     case ngx_http_llm_var_request_id:
+        if (ctx->request_id.len) {
+            /* signed, of an experiment */
+            s = ctx->request_id;
+            goto done;
+        }
+
         id = ngx_http_get_indexed_variable(r, ngx_http_llm_request_id_index);
 
         if (id && !id->not_found) {
@@ -239,6 +253,18 @@ ngx_http_llm_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
         n = ngx_http_llm_attempts_made(ctx);
         break;
+
+    case ngx_http_llm_var_experiment:
+        if (ctx->experiment) {
+            s = ctx->experiment->name;
+        }
+        goto done;
+
+    case ngx_http_llm_var_variant:
+        if (ctx->variant) {
+            s = ctx->variant->name;
+        }
+        goto done;
 
     case ngx_http_llm_var_limit_status:
         if (ctx->limit_status) {

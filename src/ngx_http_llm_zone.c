@@ -18,8 +18,6 @@
 static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static ngx_http_llm_stats_t *ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone,
-    ngx_uint_t kind, ngx_str_t *name, ngx_uint_t create, ngx_log_t *log);
 static void ngx_http_llm_stats_add(ngx_http_llm_stats_t *st,
     ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx, ngx_uint_t err,
     ngx_uint_t lat, ngx_int_t ttft);
@@ -139,6 +137,10 @@ ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_queue_init(&zone->sh->queue);
 
+    ngx_rbtree_init(&zone->sh->feedback, &zone->sh->feedback_sentinel,
+                    ngx_rbtree_insert_value);
+    ngx_queue_init(&zone->sh->feedback_queue);
+
     zone->sh->started = ngx_time();
 
     len = sizeof(" in llm_zone \"\"") + shm_zone->shm.name.len;
@@ -209,6 +211,7 @@ ngx_int_t
 ngx_http_llm_log_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  ttft;
+    ngx_str_t                  variant;
     ngx_uint_t                 i, err, lat, known;
     ngx_http_llm_ctx_t        *ctx;
     ngx_http_llm_attempt_t    *a;
@@ -238,6 +241,16 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
            ? (ngx_int_t) ngx_http_llm_hist_index(ctx->first_byte - ctx->start)
            : -1;
 
+    ngx_str_null(&variant);
+
+    if (ctx->variant
+        && ngx_http_llm_variant_name(r->pool, ctx->experiment, ctx->variant,
+                                     &variant)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     known = ngx_http_llm_model_known(ctx->model_map,
                                      r->upstream
                                      ? r->upstream->headers_in.status_n : 0);
@@ -245,6 +258,14 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     ngx_http_llm_stats_add(&zone->sh->total, r, ctx, err, lat, ttft);
+
+    if (ctx->variant) {
+        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &variant,
+                                    1, r->connection->log);
+        if (st) {
+            ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
+        }
+    }
 
     if (ctx->provider) {
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
@@ -351,7 +372,7 @@ ngx_http_llm_model_known(ngx_http_llm_model_t *map, ngx_uint_t status)
  * names are kept and compared in their first NGX_HTTP_LLM_MODEL_MAX bytes.
  */
 
-static ngx_http_llm_stats_t *
+ngx_http_llm_stats_t *
 ngx_http_llm_zone_node(ngx_http_llm_zone_t *zone, ngx_uint_t kind,
     ngx_str_t *name, ngx_uint_t create, ngx_log_t *log)
 {
