@@ -31,6 +31,7 @@ sub nginx_t_file {
 {
     my $conf = "load_module $module;\n" . slurp("$root/conf-examples/quickstart.conf");
     $t->write_file('llm-prices.json', slurp("$root/conf-examples/llm-prices.json"));
+    $t->write_file('experiment.secret', "0123456789abcdef0123456789abcdef\n");
     my ($rc, $out) = nginx_t_file('quickstart.conf', $conf);
     is($rc, 0, 'conf-examples/quickstart.conf passes nginx -t') or diag($out);
 }

@@ -88,6 +88,9 @@ mkdir -p "$PREFIX/logs" "$PREFIX/tmp"
     cat "$ROOT/conf-examples/quickstart.conf"
 } >"$PREFIX/nginx.conf"
 cp "$ROOT/conf-examples/llm-prices.json" "$PREFIX/llm-prices.json"
+# the key that signs the experiment's request ids
+od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$PREFIX/experiment.secret"
+chmod 600 "$PREFIX/experiment.secret"
 
 # the workers may run as another user (nobody) when started as root
 chmod 755 "$PREFIX" "$PREFIX/tmp"
@@ -148,6 +151,24 @@ show curl -sS -N "$GATEWAY/v1/chat/completions" \
     -H 'Authorization: Bearer any-client-key' \
     -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello, gateway!"}]}'
 
+echo "--- an experiment and a limit: two users, each sticky to a variant; the"
+echo "    headers say which variant, sign the request id, and count the limit down"
+for user in alice carol; do
+    show curl -sS -D "$PREFIX/headers-$user" -o /dev/null "$GATEWAY/v1/chat/completions" \
+        -H 'Content-Type: application/json' -H "X-User: $user" \
+        -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway!"}]}'
+    grep -i '^x-llm-\|^x-ratelimit-' "$PREFIX/headers-$user" | tr -d '\r'
+    echo
+done
+
+id=$(grep -i '^x-llm-request-id:' "$PREFIX/headers-alice" | tr -d '\r' | sed 's/^[^:]*: *//')
+echo "--- alice's answer was good: an outcome for her request id"
+show curl -sS "$GATEWAY/v1/feedback" -H 'Content-Type: application/json' \
+    -d "{\"request_id\":\"$id\",\"outcome\":1}"
+echo "--- the same id again is refused"
+show curl -sS "$GATEWAY/v1/feedback" -H 'Content-Type: application/json' \
+    -d "{\"request_id\":\"$id\",\"outcome\":1}"
+
 echo "--- failover: the first provider of the route answers 503, the next one 200"
 show curl -sS -D - -o /dev/null "$GATEWAY/failover/v1/chat/completions" \
     -H 'Content-Type: application/json' \
@@ -158,10 +179,11 @@ sleep 0.3
 echo "--- $PREFIX/logs/access.log: the cost log, a JSON line per request"
 cat "$PREFIX/logs/access.log"
 echo
-echo "--- the statistics of all workers: $GATEWAY/llm/status (totals)"
+echo "--- the statistics of all workers: $GATEWAY/llm/status (totals, the"
+echo "    experiment's variants, the limits of each user)"
 if command -v python3 >/dev/null 2>&1; then
     curl -sS "$GATEWAY/llm/status" | python3 -c \
-        'import json, sys; t = json.load(sys.stdin, parse_float=str)["total"]; print(json.dumps(t, indent=1))'
+        'import json, sys; s = json.load(sys.stdin, parse_float=str); print(json.dumps({k: s.get(k) for k in ("total", "experiments", "limits")}, indent=1))'
 else
     curl -sS "$GATEWAY/llm/status"
 fi
