@@ -14,7 +14,8 @@
  * priced model (but "", never looked up) is found by its exact name and
  * by no other name (the name with one letter's case changed finds nothing
  * or a model of that exact name); the price found is the first of that
- * name, llm_price lines first.
+ * name, llm_price lines first, else the first of "PROVIDER/NAME", as
+ * LiteLLM names some models.
  */
 
 
@@ -335,6 +336,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
             first = fuzz_first(lmcf, price[i].model.data,
                                price[i].model.len);
+
+            /* an unpriced name is looked up as "fuzz/NAME" too */
+
+            if (first == NULL) {
+                if (price[i].model.len > sizeof(name) - 5) {
+                    continue;
+                }
+
+                ngx_memcpy(ngx_cpymem(name, "fuzz/", 5), price[i].model.data,
+                           price[i].model.len);
+                first = fuzz_first(lmcf, name, price[i].model.len + 5);
+            }
             found = fuzz_lookup(&fr, &provider, price[i].model.data,
                                 price[i].model.len);
 
