@@ -52,6 +52,10 @@ static char *ngx_http_llm_experiment_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_llm_experiment_mde(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_experiment_rollback(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_uint_t ngx_http_llm_variant_rolled_back(ngx_http_request_t *r,
+    ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v);
 static ngx_int_t ngx_http_llm_variant_system(ngx_conf_t *cf,
     ngx_http_llm_variant_t *v, ngx_str_t *text);
 static ngx_str_t *ngx_http_llm_json_text_copy(ngx_pool_t *pool,
@@ -112,6 +116,13 @@ static ngx_command_t  ngx_http_llm_experiment_commands[] = {
     { ngx_string("mde"),
       NGX_CONF_TAKE1,
       ngx_http_llm_experiment_mde,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("rollback"),
+      NGX_CONF_1MORE,
+      ngx_http_llm_experiment_rollback,
       0,
       0,
       NULL },
@@ -794,6 +805,163 @@ ngx_http_llm_experiment_mde(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * rollback [error_rate>X] [latency_p95>TIME] [cost_per_request>USD]
+ *     [min=N]: guardrails of each variant against the control
+ */
+
+static char *
+ngx_http_llm_experiment_rollback(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_llm_experiment_t *e = conf;
+
+    u_char      *p;
+    double       d;
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
+
+    if (e->rollback) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    e->rollback_min = 200;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        p = ngx_strlchr(value[i].data, value[i].data + value[i].len, '>');
+
+        if (p == NULL) {
+            if (value[i].len > 4 && ngx_strncmp(value[i].data, "min=", 4) == 0)
+            {
+                n = ngx_atoi(value[i].data + 4, value[i].len - 4);
+
+                if (n == NGX_ERROR || n < 10) {
+                    goto invalid;
+                }
+
+                e->rollback_min = n;
+                continue;
+            }
+
+            goto invalid;
+        }
+
+        s.data = p + 1;
+        s.len = value[i].data + value[i].len - s.data;
+
+        if (p - value[i].data == 10
+            && ngx_strncmp(value[i].data, "error_rate", 10) == 0)
+        {
+            d = strtod((char *) s.data, (char **) &p);
+
+            if (p != s.data + s.len || !(d >= 0 && d < 1)) {
+                goto invalid;
+            }
+
+            e->max_error_rate = d;
+            e->rollback |= 1;
+            continue;
+        }
+
+        if (p - value[i].data == 11
+            && ngx_strncmp(value[i].data, "latency_p95", 11) == 0)
+        {
+            e->max_latency = ngx_parse_time(&s, 0);
+
+            if (e->max_latency == (ngx_msec_t) NGX_ERROR) {
+                goto invalid;
+            }
+
+            e->rollback |= 2;
+            continue;
+        }
+
+        if (p - value[i].data == 16
+            && ngx_strncmp(value[i].data, "cost_per_request", 16) == 0)
+        {
+            d = strtod((char *) s.data, (char **) &p);
+
+            if (p != s.data + s.len || !(d >= 0 && d < 1000)) {
+                goto invalid;
+            }
+
+            e->max_cost = (uint64_t) (d * 1e12);
+            e->rollback |= 4;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (e->rollback == 0) {
+        return "needs a guardrail (error_rate>, latency_p95> or "
+               "cost_per_request>)";
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" (error_rate>FRACTION, "
+                       "latency_p95>TIME, cost_per_request>USD, min=N)",
+                       &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+/*
+ * Has a variant been rolled back?  Each worker asks the zone at most once
+ * a second, and remembers a rollback until the configuration changes.
+ */
+
+static ngx_uint_t
+ngx_http_llm_variant_rolled_back(ngx_http_request_t *r,
+    ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v)
+{
+    ngx_str_t                  name;
+    ngx_http_llm_zone_t       *zone;
+    ngx_http_llm_stats_t      *st;
+    ngx_http_llm_main_conf_t  *lmcf;
+
+    if (v->rolled_back
+        || ngx_current_msec - v->rollback_checked < 1000)
+    {
+        return v->rolled_back;
+    }
+
+    v->rollback_checked = ngx_current_msec;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    if (lmcf->zone == NULL
+        || ngx_http_llm_variant_name(r->pool, e, v, &name) != NGX_OK)
+    {
+        return 0;
+    }
+
+    zone = lmcf->zone->data;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &name, 0,
+                                r->connection->log);
+
+    if (st && st->rolled_back
+        && st->rollback_generation == lmcf->generation)
+    {
+        v->rolled_back = 1;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return v->rolled_back;
+}
+
+
 ngx_http_llm_experiment_t *
 ngx_http_llm_find_experiment(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *name)
 {
@@ -884,6 +1052,14 @@ ngx_http_llm_experiment_apply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (v == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* a variant its guardrails rolled back: its traffic goes to control */
+
+    if (e->rollback && v->index != e->control
+        && ngx_http_llm_variant_rolled_back(r, e, v))
+    {
+        v = (ngx_http_llm_variant_t *) e->variants.elts + e->control;
     }
 
     ctx->experiment = e;

@@ -50,8 +50,13 @@ static ngx_int_t ngx_http_llm_feedback_remember(ngx_http_llm_zone_t *zone,
     uint32_t hash, u_char *nonce, time_t expires);
 static u_char *ngx_http_llm_experiment_variant_status(u_char *p,
     ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v,
-    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control);
+    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control,
+    ngx_uint_t generation);
 static u_char *ngx_http_llm_status_double(u_char *p, double d);
+static double ngx_http_llm_msprt(double p1, double n1, double p0, double n0,
+    double shift, double tau2);
+static double ngx_http_llm_error_rate(ngx_http_llm_stats_t *st);
+static ngx_msec_t ngx_http_llm_p95(uint64_t *hist);
 
 
 /* llm_feedback: the outcome of a request, counted to its variant */
@@ -553,7 +558,8 @@ ngx_http_llm_experiment_status(ngx_http_request_t *r, ngx_str_t *out)
         for (j = 0; j < e[i]->variants.nelts; j++) {
             p = ngx_sprintf(p, "%s\"%V\":", j ? "," : "", &v[j].name);
             p = ngx_http_llm_experiment_variant_status(p, e[i], &v[j], &st[j],
-                                                       &st[e[i]->control]);
+                                                       &st[e[i]->control],
+                                                       lmcf->generation);
         }
 
         p = ngx_cpymem(p, "}}", 2);
@@ -596,7 +602,8 @@ ngx_http_llm_experiment_status(ngx_http_request_t *r, ngx_str_t *out)
 static u_char *
 ngx_http_llm_experiment_variant_status(u_char *p,
     ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v,
-    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control)
+    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control,
+    ngx_uint_t generation)
 {
     double      n0, n1, p0, p1, pp, se, z, pv, lift, lo, hi, mde, p1m, pb,
                 need, var, tau2, lambda, seq, mean, sd;
@@ -633,6 +640,14 @@ ngx_http_llm_experiment_variant_status(u_char *p,
     p = ngx_http_llm_cpy(p, ",\"score_sd\":");
     p = ngx_http_llm_status_double(p, sd);
     *p++ = '}';
+
+    if (st->rolled_back && st->rollback_generation == generation) {
+        p = ngx_sprintf(p, ",\"rolled_back\":{\"at\":%T,\"reason\":\"%s\"}",
+                        st->rolled_back,
+                        (st->rollback_reason == 1) ? "error_rate"
+                        : (st->rollback_reason == 2) ? "latency_p95"
+                        : "cost_per_request");
+    }
 
     if (v->index == e->control || st->outcomes == 0
         || control->outcomes == 0)
@@ -743,4 +758,182 @@ ngx_http_llm_status_double(u_char *p, double d)
     n = snprintf((char *) p, 32, "%.10g", d);
 
     return p + ngx_min(n, 31);
+}
+
+
+/*
+ * The guardrails of a variant against the control, after its request was
+ * added (the zone's mutex is held).  Never on a handful of requests: each
+ * arm needs min requests.  The error rate (provider errors and no provider
+ * at all, over requests) is judged by the sequential test: the variant is
+ * rolled back once the always-valid p-value that its rate is more than
+ * error_rate above the control's falls below 0.05.  The p95 latency and
+ * the cost per request, by their estimates against the thresholds.  The
+ * rollback holds, across the workers, until the configuration changes.
+ */
+
+void
+ngx_http_llm_experiment_guard(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_zone_t *zone, ngx_http_llm_stats_t *st)
+{
+    double                      e1, e0, p;
+    ngx_str_t                   name;
+    ngx_uint_t                  reason;
+    ngx_msec_t                  l1, l0;
+    ngx_http_llm_stats_t       *control;
+    ngx_http_llm_variant_t     *c;
+    ngx_http_llm_main_conf_t   *lmcf;
+    ngx_http_llm_experiment_t  *e;
+
+    static char  *reasons[] = { "", "error_rate", "latency_p95",
+                                "cost_per_request" };
+
+    e = ctx->experiment;
+
+    if (!e->rollback || ctx->variant->index == e->control
+        || st->requests < e->rollback_min || st->requests % 8)
+    {
+        return;
+    }
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+
+    if (st->rolled_back && st->rollback_generation == lmcf->generation) {
+        return;
+    }
+
+    c = (ngx_http_llm_variant_t *) e->variants.elts + e->control;
+
+    if (ngx_http_llm_variant_name(r->pool, e, c, &name) != NGX_OK) {
+        return;
+    }
+
+    control = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &name,
+                                     0, r->connection->log);
+
+    if (control == NULL || control->requests < e->rollback_min) {
+        return;
+    }
+
+    reason = 0;
+    p = 1;
+
+    if (e->rollback & 1) {
+        e1 = ngx_http_llm_error_rate(st);
+        e0 = ngx_http_llm_error_rate(control);
+
+        p = ngx_http_llm_msprt(e1, st->requests, e0, control->requests,
+                               e->max_error_rate,
+                               ngx_max(e->max_error_rate, 0.01)
+                               * ngx_max(e->max_error_rate, 0.01));
+        if (p < 0.05) {
+            reason = 1;
+        }
+    }
+
+    l1 = ngx_http_llm_p95(st->latency);
+    l0 = ngx_http_llm_p95(control->latency);
+
+    if (reason == 0 && (e->rollback & 2) && l1 > l0 + e->max_latency) {
+        reason = 2;
+    }
+
+    if (reason == 0 && (e->rollback & 4)
+        && st->cost / st->requests > control->cost / control->requests
+                                     + e->max_cost)
+    {
+        reason = 3;
+    }
+
+    if (reason == 0) {
+        return;
+    }
+
+    st->rolled_back = ngx_time();
+    st->rollback_generation = lmcf->generation;
+    st->rollback_reason = reason;
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "llm experiment \"%V\": variant \"%V\" rolled back "
+                  "(%s): error rate %.4f against %.4f (p %.4f), p95 %M ms "
+                  "against %M ms, %uL requests against %uL; its traffic "
+                  "goes to \"%V\" until a reload", &e->name,
+                  &ctx->variant->name, reasons[reason],
+                  ngx_http_llm_error_rate(st),
+                  ngx_http_llm_error_rate(control), p, l1, l0,
+                  st->requests, control->requests, &c->name);
+}
+
+
+static double
+ngx_http_llm_error_rate(ngx_http_llm_stats_t *st)
+{
+    return st->requests
+           ? (double) (st->errors[ngx_http_llm_err_provider]
+                       + st->errors[ngx_http_llm_err_unavailable])
+             / st->requests
+           : 0;
+}
+
+
+/* the p95 of a histogram, or 0 */
+
+static ngx_msec_t
+ngx_http_llm_p95(uint64_t *hist)
+{
+    uint64_t    total, cum;
+    ngx_uint_t  i;
+
+    total = 0;
+
+    for (i = 0; i < NGX_HTTP_LLM_HIST; i++) {
+        total += hist[i];
+    }
+
+    if (total == 0) {
+        return 0;
+    }
+
+    cum = 0;
+
+    for (i = 0; i < NGX_HTTP_LLM_HIST - 1; i++) {
+        cum += hist[i];
+
+        if (cum * 100 >= total * 95) {
+            break;
+        }
+    }
+
+    return ngx_http_llm_hist_bound(i);
+}
+
+
+/*
+ * The always-valid p-value of the mixture SPRT that p1 - p0 exceeds shift
+ * (normal approximation, a normal mixture of variance tau2): 1 / Lambda,
+ * at most 1; 1 when the difference does not exceed the shift.
+ */
+
+static double
+ngx_http_llm_msprt(double p1, double n1, double p0, double n0, double shift,
+    double tau2)
+{
+    double  d, v, v0, v1, lambda;
+
+    d = p1 - p0 - shift;
+
+    /* the variance with half a success and half a failure more per arm,
+       so that rates of 0 or 1 do not make it 0 */
+
+    v1 = (p1 * n1 + 0.5) / (n1 + 1);
+    v0 = (p0 * n0 + 0.5) / (n0 + 1);
+    v = v1 * (1 - v1) / n1 + v0 * (1 - v0) / n0;
+
+    if (d <= 0 || v <= 0 || tau2 <= 0) {
+        return 1;
+    }
+
+    lambda = sqrt(v / (v + tau2)) * exp(tau2 * d * d / (2 * v * (v + tau2)));
+
+    return ngx_min(1.0, 1 / lambda);
 }

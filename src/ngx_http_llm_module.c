@@ -233,6 +233,10 @@ ngx_http_llm_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    /* what rolls back holds for this configuration only */
+
+    lmcf->generation = (ngx_uint_t) ngx_random() | 1;
+
     return lmcf;
 }
 

@@ -268,6 +268,11 @@ typedef struct {
     double                       score_sum;
     double                       score_squares;
     double                       p_sequential;  /* the least so far, or 0 */
+
+    /* a variant rolled back by its guardrails, for this configuration */
+    ngx_uint_t                   rollback_generation;
+    time_t                       rolled_back;
+    ngx_uint_t                   rollback_reason;
 } ngx_http_llm_stats_t;
 
 
@@ -446,6 +451,10 @@ typedef struct {
     ngx_str_t                    temperature;   /* JSON numbers, or none */
     ngx_str_t                    top_p;
     uint64_t                     max_tokens;    /* 0: none */
+
+    /* this worker's view of its rollback */
+    ngx_msec_t                   rollback_checked;
+    unsigned                     rolled_back:1;
 } ngx_http_llm_variant_t;
 
 
@@ -459,6 +468,13 @@ typedef struct {
     time_t                       window;        /* of feedback */
     ngx_uint_t                   mde;           /* percent */
     uint32_t                     fingerprint;
+
+    /* rollback: the guardrails of a variant against the control */
+    ngx_uint_t                   rollback;      /* any guardrail */
+    double                       max_error_rate;   /* above the control */
+    ngx_msec_t                   max_latency;      /* p95 above */
+    uint64_t                     max_cost;         /* per request above */
+    ngx_uint_t                   rollback_min;     /* requests per arm */
 } ngx_http_llm_experiment_t;
 
 
@@ -475,6 +491,7 @@ typedef struct {
     ngx_shm_zone_t              *zone;
     ngx_array_t                  limit_zones;  /* limit zone * */
     ngx_array_t                  experiments;  /* experiment * */
+    ngx_uint_t                   generation;   /* of this configuration */
 } ngx_http_llm_main_conf_t;
 
 
@@ -925,6 +942,9 @@ ngx_uint_t ngx_http_llm_experiment_edits(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_edit_t *edit);
 ngx_int_t ngx_http_llm_experiment_status(ngx_http_request_t *r,
     ngx_str_t *out);
+void ngx_http_llm_experiment_guard(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_zone_t *zone,
+    ngx_http_llm_stats_t *st);
 
 /* circuit breakers: ngx_http_llm_breaker.c */
 char *ngx_http_llm_breaker_conf(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -264,6 +264,7 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
                                     1, r->connection->log);
         if (st) {
             ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
+            ngx_http_llm_experiment_guard(r, ctx, zone, st);
         }
     }
 
