@@ -96,3 +96,19 @@ test-asan: deps-san deps-test
 
 fuzz: deps-san
 	@FUZZ_TIME=$(FUZZ_TIME) bash fuzz/run.sh $(BUILD)/fuzz
+
+# The soak (t/soak/soak.pl): SOAK_TIME seconds of mixed traffic, streamed
+# and not, through a route whose providers fail, on 2 workers, with a reload
+# every 20 seconds; it fails on a request without its answer or log line,
+# status totals that differ from the log's, growing memory or open files,
+# or an [alert]/[crit]/[emerg].  Not part of make test (make soak
+# SOAK_TIME=60 for a quick check).
+
+SOAK_TIME   ?= 600
+
+.PHONY: soak
+
+soak: build deps
+	@sh tools/deps.sh perl
+	SOAK_TIME=$(SOAK_TIME) LLM_MODULE=$(abspath $(MODULE)) NGINX=$(NGINX) \
+	    perl -I t/lib t/soak/soak.pl
