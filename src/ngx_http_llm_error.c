@@ -156,11 +156,19 @@ ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, cJSON *json)
 ngx_int_t
 ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status, ngx_buf_t *b)
 {
-    ngx_int_t    rc;
-    ngx_chain_t  out;
+    ngx_int_t            rc;
+    ngx_chain_t          out;
+    ngx_http_llm_ctx_t  *ctx;
 
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx && ctx->shadow) {
+        /* a shadow's answer goes nowhere (see ngx_http_llm_shadow) */
+        r->header_only = 1;
+    }
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;

@@ -56,6 +56,9 @@ static char *ngx_http_llm_experiment_rollback(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_uint_t ngx_http_llm_variant_rolled_back(ngx_http_request_t *r,
     ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v);
+static ngx_int_t ngx_http_llm_shadow(ngx_http_request_t *r,
+    ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v);
+static void ngx_http_llm_shadow_done(void *data);
 static ngx_int_t ngx_http_llm_variant_system(ngx_conf_t *cf,
     ngx_http_llm_variant_t *v, ngx_str_t *text);
 static ngx_str_t *ngx_http_llm_json_text_copy(ngx_pool_t *pool,
@@ -222,11 +225,25 @@ ngx_http_llm_experiment_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     v = e->variants.elts;
     controls = 0;
+    e->control = NGX_CONF_UNSET_UINT;
 
     for (i = 0; i < e->variants.nelts; i++) {
+        e->weights += v[i].weight;
+
+        if (v[i].control && v[i].shadow) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "variant \"%V\" of llm_experiment \"%V\": "
+                               "the control cannot be a shadow", &v[i].name,
+                               &e->name);
+            return NGX_CONF_ERROR;
+        }
+
         if (v[i].control) {
             e->control = i;
             controls++;
+
+        } else if (!v[i].shadow && e->control == NGX_CONF_UNSET_UINT) {
+            e->control = i;
         }
 
         e->fingerprint = ngx_murmur_hash2(v[i].spec.data, v[i].spec.len)
@@ -245,6 +262,17 @@ ngx_http_llm_experiment_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "llm_experiment \"%V\" has %ui controls",
                            &e->name, controls);
         return NGX_CONF_ERROR;
+    }
+
+    if (e->control == NGX_CONF_UNSET_UINT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_experiment \"%V\" has only shadows",
+                           &e->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (controls == 0) {
+        v[e->control].control = 1;
     }
 
     return NGX_CONF_OK;
@@ -393,6 +421,13 @@ ngx_http_llm_experiment_variant(ngx_conf_t *cf, ngx_command_t *cmd,
             && ngx_strncmp(value[i].data, "control", 7) == 0)
         {
             v->control = 1;
+            continue;
+        }
+
+        if (value[i].len == 6
+            && ngx_strncmp(value[i].data, "shadow", 6) == 0)
+        {
+            v->shadow = 1;
             continue;
         }
 
@@ -1028,7 +1063,8 @@ ngx_int_t
 ngx_http_llm_experiment_apply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_str_t                   key;
-    ngx_http_llm_variant_t     *v;
+    ngx_uint_t                  i;
+    ngx_http_llm_variant_t     *v, *s;
     ngx_http_llm_loc_conf_t    *llcf;
     ngx_http_llm_experiment_t  *e;
 
@@ -1040,6 +1076,12 @@ ngx_http_llm_experiment_apply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
             && ctx->endpoint != NGX_HTTP_LLM_MESSAGES))
     {
         return NGX_OK;
+    }
+
+    if (ctx->shadow) {
+        /* a copy for a shadow: its variant was chosen with the request's */
+        v = ctx->variant;
+        goto edits;
     }
 
     ngx_str_null(&key);
@@ -1065,6 +1107,8 @@ ngx_http_llm_experiment_apply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->experiment = e;
     ctx->variant = v;
 
+edits:
+
     if (v->model.len) {
         ctx->model = v->model;
         ctx->model_override = 1;
@@ -1078,11 +1122,92 @@ ngx_http_llm_experiment_apply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                    "llm experiment \"%V\": variant \"%V\", key \"%V\"",
                    &e->name, &v->name, &key);
 
+    if (ctx->shadow) {
+        return NGX_OK;
+    }
+
     if (e->secret.len && ngx_http_llm_experiment_sign(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* the copies for the shadows the pick chose */
+
+    s = e->variants.elts;
+
+    for (i = 0; i < e->variants.nelts; i++) {
+        if (s[i].shadow && s[i].copy && r == r->main
+            && ngx_http_llm_shadow(r, e, &s[i]) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * A shadow: a background subrequest of the same location, as the mirror
+ * module makes them, with the same body, for the shadow's variant; its
+ * reply is read (for its usage) and discarded, and the client's reply
+ * never waits for it.  Its statistics are added when the request ends.
+ */
+
+static ngx_int_t
+ngx_http_llm_shadow(ngx_http_request_t *r, ngx_http_llm_experiment_t *e,
+    ngx_http_llm_variant_t *v)
+{
+    ngx_http_request_t   *sr;
+    ngx_pool_cleanup_t   *cln;
+    ngx_http_llm_ctx_t   *sctx;
+
+    if (ngx_http_subrequest(r, &r->uri, &r->args, &sr, NULL,
+                            NGX_HTTP_SUBREQUEST_BACKGROUND)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sr->method = r->method;
+    sr->method_name = r->method_name;
+    r->preserve_body = 1;
+
+    sctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+    if (sctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    sctx->start = ngx_current_msec;
+    sctx->experiment = e;
+    sctx->variant = v;
+    sctx->shadow = 1;
+
+    ngx_http_set_ctx(sr, sctx, ngx_http_llm_module);
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_llm_shadow_done;
+    cln->data = sr;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "llm experiment \"%V\": a copy for shadow \"%V\"",
+                   &e->name, &v->name);
+
+    return NGX_OK;
+}
+
+
+/* the shadow's usage, cost, latency and errors, under its name */
+
+static void
+ngx_http_llm_shadow_done(void *data)
+{
+    ngx_http_request_t *sr = data;
+
+    (void) ngx_http_llm_log_handler(sr);
 }
 
 
@@ -1119,7 +1244,7 @@ ngx_http_llm_experiment_pick(ngx_pool_t *pool, ngx_http_llm_experiment_t *e,
         }
     }
 
-    b = 0;
+    b = NGX_CONF_UNSET_UINT;
     best = 0;
 
     for (i = 0; i < e->variants.nelts; i++) {
@@ -1133,9 +1258,16 @@ ngx_http_llm_experiment_pick(ngx_pool_t *pool, ngx_http_llm_experiment_t *e,
         }
 
         u = ((double) h + 1.0) / 4294967296.0;
+
+        if (v[i].shadow) {
+            /* a copy to the shadow, for its share of the keys */
+            v[i].copy = (u * e->weights < v[i].weight);
+            continue;
+        }
+
         score = log(u) / (double) v[i].weight;
 
-        if (i == 0 || score > best) {
+        if (b == NGX_CONF_UNSET_UINT || score > best) {
             best = score;
             b = i;
         }

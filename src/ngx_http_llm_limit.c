@@ -887,6 +887,11 @@ ngx_http_llm_limit_reserve(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_http_llm_limit_zone_t   *zone;
     ngx_http_llm_limit_apply_t   apply[NGX_HTTP_LLM_LIMITS_MAX];
 
+    if (ctx->shadow) {
+        /* the gateway's copy of a request, not the client's */
+        return NGX_OK;
+    }
+
     rc = ngx_http_llm_limit_applied(r, ctx, apply, &n);
 
     if (rc != NGX_OK || n == 0) {

@@ -433,6 +433,7 @@ typedef struct {
     ngx_uint_t                   index;
     ngx_str_t                    spec;          /* its line, fingerprinted */
     unsigned                     control:1;
+    unsigned                     shadow:1;      /* gets copies only */
 
     ngx_uint_t                   mode;          /* of the system prompt */
     ngx_str_t                   *system_message;  /* the edits' texts */
@@ -452,6 +453,9 @@ typedef struct {
     ngx_str_t                    top_p;
     uint64_t                     max_tokens;    /* 0: none */
 
+    /* a shadow: whether the current request is copied to it */
+    unsigned                     copy:1;
+
     /* this worker's view of its rollback */
     ngx_msec_t                   rollback_checked;
     unsigned                     rolled_back:1;
@@ -463,6 +467,7 @@ typedef struct {
     ngx_http_complex_value_t    *key;           /* NULL: random */
     ngx_array_t                  variants;      /* ngx_http_llm_variant_t */
     ngx_uint_t                   control;       /* its index */
+    ngx_uint_t                   weights;       /* the sum, shadows too */
     ngx_flag_t                   header;
     ngx_str_t                    secret;
     time_t                       window;        /* of feedback */
@@ -725,8 +730,16 @@ struct ngx_http_llm_ctx_s {
     ngx_chain_t                 *blocks;        /* output memory, reused */
     ngx_chain_t                **out;
 
+    /*
+     * the bytes an event began with up to its first key of those the
+     * scan of events looks for (ngx_http_llm_usage_scan_event())
+     */
+    u_char                      *memo;
+    size_t                       memo_len;
+
     ngx_msec_t                   start;
     ngx_msec_t                   first_byte;    /* of the reply, or 0 */
+    ngx_msec_t                   end;           /* of the reply, or 0 */
 
     /* the experiment of the request, its variant, its signed id */
     ngx_http_llm_experiment_t   *experiment;
@@ -763,6 +776,8 @@ struct ngx_http_llm_ctx_s {
     unsigned                     drain:1;       /* the usage is awaited */
     unsigned                     client_gone:1;
     unsigned                     model_override:1;  /* by a variant */
+    unsigned                     shadow:1;      /* a shadow's subrequest */
+    unsigned                     logged:1;      /* in the statistics */
 };
 
 

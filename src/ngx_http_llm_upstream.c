@@ -1341,6 +1341,12 @@ ngx_http_llm_drain(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     u = r->upstream;
 
+    if (ctx->shadow) {
+        /* the reply of a shadow is read for its usage, and discarded */
+        u->out_bufs = NULL;
+        return NGX_OK;
+    }
+
     if (ctx->client_gone) {
 
         /* nothing more for the client */
@@ -1560,6 +1566,10 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
         return;
     }
 
+    /* the end of the reply: the request may be logged later (shadows) */
+
+    ctx->end = ngx_current_msec;
+
     if (ctx->backoff.timer_set) {
         ngx_del_timer(&ctx->backoff);
     }
@@ -1587,6 +1597,15 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
                                     (rc == NGX_HTTP_GATEWAY_TIME_OUT)
                                     ? NGX_HTTP_LLM_ATTEMPT_SLOW
                                     : NGX_HTTP_LLM_ATTEMPT_FAILED, 0);
+    }
+
+    if (ctx->shadow) {
+        /*
+         * a shadow's subrequest sends nothing more: its output would wait
+         * in the postponed chain of a background subrequest for ever
+         */
+        r->header_only = 1;
+        return;
     }
 
     if (!ctx->sse_reply || ctx->done

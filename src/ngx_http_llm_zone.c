@@ -221,9 +221,11 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    if (ctx == NULL || ctx->route == NULL) {
+    if (ctx == NULL || ctx->route == NULL || ctx->logged) {
         return NGX_OK;
     }
+
+    ctx->logged = 1;
 
     ngx_http_llm_price_request(r, ctx);
 
@@ -236,7 +238,8 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
     zone = lmcf->zone->data;
 
     err = ngx_http_llm_error_class(r, ctx);
-    lat = ngx_http_llm_hist_index(ngx_current_msec - ctx->start);
+    lat = ngx_http_llm_hist_index((ctx->end ? ctx->end : ngx_current_msec)
+                                  - ctx->start);
     ttft = ctx->first_byte
            ? (ngx_int_t) ngx_http_llm_hist_index(ctx->first_byte - ctx->start)
            : -1;
