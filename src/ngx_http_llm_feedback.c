@@ -55,6 +55,11 @@ static u_char *ngx_http_llm_experiment_variant_status(u_char *p,
 static u_char *ngx_http_llm_status_double(u_char *p, double d);
 static double ngx_http_llm_msprt(double p1, double n1, double p0, double n0,
     double shift, double tau2);
+static void ngx_http_llm_sequential(ngx_http_request_t *r,
+    ngx_http_llm_zone_t *zone, ngx_http_llm_experiment_t *e,
+    ngx_http_llm_variant_t *v);
+static double ngx_http_llm_sequential_p(ngx_http_llm_experiment_t *e,
+    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control);
 static double ngx_http_llm_error_rate(ngx_http_llm_stats_t *st);
 static ngx_msec_t ngx_http_llm_p95(uint64_t *hist);
 
@@ -333,6 +338,8 @@ ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
                 st->outcomes++;
                 st->successes += outcome;
 
+                ngx_http_llm_sequential(r, zone, e, v);
+
             } else {
                 st->scores++;
                 st->score_sum += score;
@@ -564,30 +571,6 @@ ngx_http_llm_experiment_status(ngx_http_request_t *r, ngx_str_t *out)
 
         p = ngx_cpymem(p, "}}", 2);
 
-        /* the least sequential p-value seen, kept */
-
-        for (j = 0; j < e[i]->variants.nelts; j++) {
-            if (st[j].p_sequential == 0
-                || ngx_http_llm_variant_name(r->pool, e[i], &v[j], &name)
-                   != NGX_OK)
-            {
-                continue;
-            }
-
-            ngx_shmtx_lock(&zone->shpool->mutex);
-
-            stats = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT,
-                                           &name, 0, r->connection->log);
-
-            if (stats && (stats->p_sequential == 0
-                          || st[j].p_sequential < stats->p_sequential))
-            {
-                stats->p_sequential = st[j].p_sequential;
-            }
-
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-        }
-
         st += e[i]->variants.nelts;
     }
 
@@ -606,7 +589,7 @@ ngx_http_llm_experiment_variant_status(u_char *p,
     ngx_uint_t generation)
 {
     double      n0, n1, p0, p1, pp, se, z, pv, lift, lo, hi, mde, p1m, pb,
-                need, var, tau2, lambda, seq, mean, sd;
+                need, seq, mean, sd;
     uint64_t    errors;
     ngx_uint_t  i;
 
@@ -699,30 +682,9 @@ ngx_http_llm_experiment_variant_status(u_char *p,
         need = NAN;
     }
 
-    /*
-     * mSPRT with a normal mixture of variance tau2 over the difference:
-     * Lambda = sqrt(V / (V + tau2)) exp(tau2 d^2 / (2 V (V + tau2))); the
-     * p-value is the least 1 / Lambda seen (kept in the zone).
-     */
+    /* the always-valid p-value: the least seen after each outcome */
 
-    var = p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0;
-    tau2 = ngx_min(mde * p0 * mde * p0, 1.0);
-
-    if (var > 0 && tau2 > 0) {
-        lambda = sqrt(var / (var + tau2))
-                 * exp(tau2 * (p1 - p0) * (p1 - p0)
-                       / (2 * var * (var + tau2)));
-        seq = ngx_min(1.0, 1 / lambda);
-
-        if (st->p_sequential > 0) {
-            seq = ngx_min(seq, st->p_sequential);
-        }
-
-    } else {
-        seq = (st->p_sequential > 0) ? st->p_sequential : 1.0;
-    }
-
-    st->p_sequential = seq;
+    seq = (st->p_sequential > 0) ? st->p_sequential : 1.0;
 
     p = ngx_http_llm_cpy(p, ",\"vs_control\":{\"z\":");
     p = ngx_http_llm_status_double(p, z);
@@ -934,6 +896,96 @@ ngx_http_llm_msprt(double p1, double n1, double p0, double n0, double shift,
     }
 
     lambda = sqrt(v / (v + tau2)) * exp(tau2 * d * d / (2 * v * (v + tau2)));
+
+    return ngx_min(1.0, 1 / lambda);
+}
+
+
+/*
+ * After an outcome of a variant (the zone's mutex is held): its
+ * always-valid p-value against the control, and when the outcome is the
+ * control's, that of every other variant; each keeps the least it had.
+ */
+
+static void
+ngx_http_llm_sequential(ngx_http_request_t *r, ngx_http_llm_zone_t *zone,
+    ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v)
+{
+    double                   p;
+    ngx_str_t                name;
+    ngx_uint_t               i;
+    ngx_http_llm_stats_t    *st, *control;
+    ngx_http_llm_variant_t  *vs;
+
+    vs = e->variants.elts;
+
+    if (ngx_http_llm_variant_name(r->pool, e, &vs[e->control], &name)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    control = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &name,
+                                     0, r->connection->log);
+
+    if (control == NULL || control->outcomes == 0) {
+        return;
+    }
+
+    for (i = 0; i < e->variants.nelts; i++) {
+
+        if (i == e->control || (v->index != e->control && &vs[i] != v)) {
+            continue;
+        }
+
+        if (ngx_http_llm_variant_name(r->pool, e, &vs[i], &name) != NGX_OK) {
+            return;
+        }
+
+        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &name, 0,
+                                    r->connection->log);
+
+        if (st == NULL || st->outcomes == 0) {
+            continue;
+        }
+
+        p = ngx_http_llm_sequential_p(e, st, control);
+
+        if (st->p_sequential == 0 || p < st->p_sequential) {
+            st->p_sequential = p;
+        }
+    }
+}
+
+
+/*
+ * mSPRT with a normal mixture of variance tau2 = (mde x the control's
+ * rate)^2 over the difference of the success rates:
+ * Lambda = sqrt(V / (V + tau2)) exp(tau2 d^2 / (2 V (V + tau2))), the
+ * p-value 1 / Lambda, at most 1.
+ */
+
+static double
+ngx_http_llm_sequential_p(ngx_http_llm_experiment_t *e,
+    ngx_http_llm_stats_t *st, ngx_http_llm_stats_t *control)
+{
+    double  n0, n1, p0, p1, var, tau2, mde, lambda;
+
+    n0 = control->outcomes;
+    n1 = st->outcomes;
+    p0 = control->successes / n0;
+    p1 = st->successes / n1;
+    mde = e->mde / 100.0;
+
+    var = p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0;
+    tau2 = ngx_min(mde * p0 * mde * p0, 1.0);
+
+    if (var <= 0 || tau2 <= 0) {
+        return 1.0;
+    }
+
+    lambda = sqrt(var / (var + tau2))
+             * exp(tau2 * (p1 - p0) * (p1 - p0) / (2 * var * (var + tau2)));
 
     return ngx_min(1.0, 1 / lambda);
 }

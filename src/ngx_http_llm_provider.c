@@ -327,6 +327,9 @@ ngx_http_llm_dispatch(ngx_conf_t *cf, ngx_command_t *cmds, void *conf,
         case NGX_CONF_TAKE12:
             ok = (n == 1 || n == 2);
             break;
+        case NGX_CONF_2MORE:
+            ok = (n >= 2);
+            break;
         default:
             ok = (n >= 1);
         }
