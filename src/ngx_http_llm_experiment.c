@@ -59,6 +59,8 @@ static ngx_uint_t ngx_http_llm_variant_rolled_back(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_shadow(ngx_http_request_t *r,
     ngx_http_llm_experiment_t *e, ngx_http_llm_variant_t *v);
 static void ngx_http_llm_shadow_done(void *data);
+static ngx_int_t ngx_http_llm_prompt_file(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_str_t *text);
 static ngx_int_t ngx_http_llm_variant_system(ngx_conf_t *cf,
     ngx_http_llm_variant_t *v, ngx_str_t *text);
 static ngx_str_t *ngx_http_llm_json_text_copy(ngx_pool_t *pool,
@@ -335,12 +337,9 @@ ngx_http_llm_experiment_variant(ngx_conf_t *cf, ngx_command_t *cmd,
 
     u_char                  *p;
     size_t                   len;
-    ssize_t                  n;
     ngx_str_t               *value, s, text, name;
     ngx_int_t                w;
     ngx_uint_t               i, m;
-    ngx_file_t               file;
-    ngx_file_info_t          fi;
     ngx_http_llm_variant_t  *v;
 
     value = cf->args->elts;
@@ -458,65 +457,7 @@ ngx_http_llm_experiment_variant(ngx_conf_t *cf, ngx_command_t *cmd,
                 goto invalid;
             }
 
-            if (ngx_conf_full_name(cf->cycle, &s, 1) != NGX_OK) {
-                return NGX_CONF_ERROR;
-            }
-
-            /* a prompt file, read when the configuration is loaded */
-
-            ngx_memzero(&file, sizeof(ngx_file_t));
-            file.name = s;
-            file.log = cf->log;
-
-            file.fd = ngx_open_file(s.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-            if (file.fd == NGX_INVALID_FILE) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                                   ngx_open_file_n " \"%V\" failed", &s);
-                return NGX_CONF_ERROR;
-            }
-
-            if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
-                || ngx_file_size(&fi) == 0
-                || ngx_file_size(&fi) > 1024 * 1024)
-            {
-                ngx_close_file(file.fd);
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "prompt file \"%V\" is empty or larger "
-                                   "than 1M", &s);
-                return NGX_CONF_ERROR;
-            }
-
-            text.len = (size_t) ngx_file_size(&fi);
-            text.data = ngx_pnalloc(cf->pool, text.len);
-
-            if (text.data == NULL) {
-                ngx_close_file(file.fd);
-                return NGX_CONF_ERROR;
-            }
-
-            n = ngx_read_file(&file, text.data, text.len, 0);
-
-            ngx_close_file(file.fd);
-
-            if (n != (ssize_t) text.len) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "could not read prompt file \"%V\"", &s);
-                return NGX_CONF_ERROR;
-            }
-
-            /* a file's last line break is not part of the prompt */
-
-            while (text.len
-                   && (text.data[text.len - 1] == '\n'
-                       || text.data[text.len - 1] == '\r'))
-            {
-                text.len--;
-            }
-
-            if (text.len == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "prompt file \"%V\" is empty", &s);
+            if (ngx_http_llm_prompt_file(cf, &s, &text) != NGX_OK) {
                 return NGX_CONF_ERROR;
             }
 
@@ -631,6 +572,80 @@ invalid:
                        "model=, route=, temperature=, top_p=, max_tokens=)",
                        &value[i], &value[1]);
     return NGX_CONF_ERROR;
+}
+
+
+/*
+ * A prompt file, read when the configuration is loaded: not empty, at
+ * most 1M, its last line break dropped.
+ */
+
+static ngx_int_t
+ngx_http_llm_prompt_file(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *text)
+{
+    ssize_t          n;
+    ngx_file_t       file;
+    ngx_file_info_t  fi;
+
+    if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+    file.name = *path;
+    file.log = cf->log;
+
+    file.fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (file.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", path);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) == 0
+        || ngx_file_size(&fi) > 1024 * 1024)
+    {
+        ngx_close_file(file.fd);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "prompt file \"%V\" is empty or larger than 1M",
+                           path);
+        return NGX_ERROR;
+    }
+
+    text->len = (size_t) ngx_file_size(&fi);
+    text->data = ngx_pnalloc(cf->pool, text->len);
+
+    if (text->data == NULL) {
+        ngx_close_file(file.fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_file(&file, text->data, text->len, 0);
+
+    ngx_close_file(file.fd);
+
+    if (n != (ssize_t) text->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "could not read prompt file \"%V\"", path);
+        return NGX_ERROR;
+    }
+
+    while (text->len
+           && (text->data[text->len - 1] == '\n'
+               || text->data[text->len - 1] == '\r'))
+    {
+        text->len--;
+    }
+
+    if (text->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "prompt file \"%V\" is empty", path);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

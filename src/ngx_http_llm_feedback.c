@@ -44,6 +44,9 @@ static ngx_int_t ngx_http_llm_feedback_handler(ngx_http_request_t *r);
 static void ngx_http_llm_feedback_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_llm_feedback(ngx_http_request_t *r,
     ngx_str_t *body);
+static ngx_int_t ngx_http_llm_feedback_id(ngx_http_llm_main_conf_t *lmcf,
+    ngx_str_t *id, ngx_http_llm_experiment_t **ep,
+    ngx_http_llm_variant_t **vp, time_t *ts, u_char **nonce);
 static ngx_int_t ngx_http_llm_feedback_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_feedback_remember(ngx_http_llm_zone_t *zone,
@@ -142,18 +145,14 @@ ngx_http_llm_feedback_body(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
 {
-    u_char                     *p, *last, *dot[4], md[EVP_MAX_MD_SIZE];
-    u_char                      sig[2 * NGX_HTTP_LLM_SIG_LEN];
-    double                      score;
-    time_t                      ts;
-    uint32_t                    hash;
-    ngx_int_t                   outcome, rc;
-    ngx_str_t                   id, name, vname, vnode;
-    ngx_uint_t                  i, n;
-    unsigned int                mdlen;
-    u_char                      num[64];
-    ngx_http_llm_feedback_body_t  fb;
-    ngx_rbtree_node_t          *node, *sentinel;
+    u_char                        *nonce, num[64];
+    double                         score;
+    time_t                         ts;
+    uint32_t                       hash;
+    ngx_int_t                      outcome, rc;
+    ngx_str_t                      id, vnode;
+    ngx_rbtree_node_t             *node, *sentinel;
+    ngx_http_llm_feedback_body_t   fb;
     ngx_http_llm_zone_t        *zone;
     ngx_http_llm_stats_t       *st;
     ngx_http_llm_variant_t     *v;
@@ -218,71 +217,13 @@ ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
     id.data = fb.id.start + 1;
     id.len = fb.id.end - fb.id.start - 2;
 
-    /* NAME.VARIANT.TIME.NONCE.SIG */
+    rc = ngx_http_llm_feedback_id(lmcf, &id, &e, &v, &ts, &nonce);
 
-    p = id.data;
-    last = p + id.len;
-
-    for (n = 0; n < 4; n++) {
-        dot[n] = ngx_strlchr(p, last, '.');
-
-        if (dot[n] == NULL) {
-            goto invalid;
-        }
-
-        p = dot[n] + 1;
-    }
-
-    if (last - p != 2 * NGX_HTTP_LLM_SIG_LEN
-        || dot[3] - dot[2] != 33
-        || ngx_strlchr(p, last, '.'))
-    {
-        goto invalid;
-    }
-
-    name.data = id.data;
-    name.len = dot[0] - id.data;
-    vname.data = dot[0] + 1;
-    vname.len = dot[1] - vname.data;
-
-    e = ngx_http_llm_find_experiment(lmcf, &name);
-
-    if (e == NULL || e->secret.len == 0) {
-        goto invalid;
-    }
-
-    v = e->variants.elts;
-
-    for (i = 0; i < e->variants.nelts; i++) {
-        if (v[i].name.len == vname.len
-            && ngx_strncmp(v[i].name.data, vname.data, vname.len) == 0)
-        {
-            break;
-        }
-    }
-
-    if (i == e->variants.nelts) {
-        goto invalid;
-    }
-
-    v = &v[i];
-
-    if (HMAC(EVP_sha256(), e->secret.data, (int) e->secret.len, id.data,
-             dot[3] - id.data, md, &mdlen)
-        == NULL)
-    {
+    if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_hex_dump(sig, md, NGX_HTTP_LLM_SIG_LEN);
-
-    if (CRYPTO_memcmp(sig, dot[3] + 1, sizeof(sig)) != 0) {
-        goto invalid;
-    }
-
-    ts = ngx_atotm(dot[1] + 1, dot[2] - dot[1] - 1);
-
-    if (ts == NGX_ERROR || ts > ngx_time() + 60) {
+    if (rc != NGX_OK) {
         goto invalid;
     }
 
@@ -300,7 +241,7 @@ ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
     /* once per id: the ids counted are kept in the zone, by their nonce */
 
     zone = lmcf->zone->data;
-    hash = ngx_crc32_short(dot[2] + 1, 32);
+    hash = ngx_crc32_short(nonce, 32);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -316,7 +257,7 @@ ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
         }
 
         if (ngx_memcmp(((ngx_http_llm_feedback_node_t *) node)->nonce,
-                       dot[2] + 1, 32)
+                       nonce, 32)
             == 0)
         {
             rc = NGX_DECLINED;
@@ -327,7 +268,7 @@ ngx_http_llm_feedback(ngx_http_request_t *r, ngx_str_t *body)
     }
 
     if (rc == NGX_OK) {
-        rc = ngx_http_llm_feedback_remember(zone, hash, dot[2] + 1,
+        rc = ngx_http_llm_feedback_remember(zone, hash, nonce,
                                             ts + e->window);
 
         st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_VARIANT, &vnode,
@@ -373,6 +314,99 @@ invalid:
                                    "invalid_request_id", "request_id",
                                    "The request id is not one the gateway "
                                    "signed for a running experiment");
+}
+
+
+/*
+ * A request id the gateway signed, NAME.VARIANT.TIME.NONCE.SIG: its
+ * experiment, variant, time and nonce; NGX_DECLINED if it is none.
+ */
+
+static ngx_int_t
+ngx_http_llm_feedback_id(ngx_http_llm_main_conf_t *lmcf, ngx_str_t *id,
+    ngx_http_llm_experiment_t **ep, ngx_http_llm_variant_t **vp, time_t *ts,
+    u_char **nonce)
+{
+    u_char                     *p, *last, *dot[4], md[EVP_MAX_MD_SIZE];
+    u_char                      sig[2 * NGX_HTTP_LLM_SIG_LEN];
+    ngx_str_t                   name, vname;
+    ngx_uint_t                  i, n;
+    unsigned int                mdlen;
+    ngx_http_llm_variant_t     *v;
+    ngx_http_llm_experiment_t  *e;
+
+    p = id->data;
+    last = p + id->len;
+
+    for (n = 0; n < 4; n++) {
+        dot[n] = ngx_strlchr(p, last, '.');
+
+        if (dot[n] == NULL) {
+            return NGX_DECLINED;
+        }
+
+        p = dot[n] + 1;
+    }
+
+    if (last - p != 2 * NGX_HTTP_LLM_SIG_LEN
+        || dot[3] - dot[2] != 33
+        || ngx_strlchr(p, last, '.'))
+    {
+        return NGX_DECLINED;
+    }
+
+    name.data = id->data;
+    name.len = dot[0] - id->data;
+    vname.data = dot[0] + 1;
+    vname.len = dot[1] - vname.data;
+
+    e = ngx_http_llm_find_experiment(lmcf, &name);
+
+    if (e == NULL || e->secret.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    v = e->variants.elts;
+
+    for (i = 0; i < e->variants.nelts; i++) {
+        if (v[i].name.len == vname.len
+            && ngx_strncmp(v[i].name.data, vname.data, vname.len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == e->variants.nelts) {
+        return NGX_DECLINED;
+    }
+
+    v = &v[i];
+
+    if (HMAC(EVP_sha256(), e->secret.data, (int) e->secret.len, id->data,
+             dot[3] - id->data, md, &mdlen)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(sig, md, NGX_HTTP_LLM_SIG_LEN);
+
+    if (CRYPTO_memcmp(sig, dot[3] + 1, sizeof(sig)) != 0) {
+        return NGX_DECLINED;
+    }
+
+    *ts = ngx_atotm(dot[1] + 1, dot[2] - dot[1] - 1);
+
+    if (*ts == NGX_ERROR || *ts > ngx_time() + 60) {
+        return NGX_DECLINED;
+    }
+
+    *ep = e;
+    *vp = v;
+    *nonce = dot[2] + 1;
+
+    return NGX_OK;
+
 }
 
 
