@@ -292,6 +292,17 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return rc;
     }
 
+    /*
+     * the limits before the plan: a request they refuse takes no attempt,
+     * nor the probe of a breaker; one that fails after is given back
+     */
+
+    rc = ngx_http_llm_limit_reserve(r, ctx);
+
+    if (rc != NGX_OK || ctx->error.len) {
+        return rc;
+    }
+
     rc = ngx_http_llm_plan_attempts(r, ctx);
 
     if (rc == NGX_BUSY) {
@@ -305,9 +316,7 @@ ngx_http_llm_prepare(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                                        "this gateway", &ctx->model);
     }
 
-    /* the limits last: nothing is reserved for a request refused above */
-
-    return ngx_http_llm_limit_reserve(r, ctx);
+    return NGX_OK;
 }
 
 

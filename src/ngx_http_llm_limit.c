@@ -1152,7 +1152,9 @@ ngx_http_llm_limit_applied(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
  * The estimates of the request: the input at a token per 4 bytes of the
  * body; the output the request allows (max_tokens and its kin), else the
  * largest output of the models it may go to, else 4096 tokens; the spend
- * of both at the dearest price among the providers planned.
+ * of both at the dearest price among the providers of the route (the plan
+ * comes after the limits: a request refused takes no attempt, nor a
+ * breaker's probe).
  */
 
 static ngx_int_t
@@ -1162,8 +1164,9 @@ ngx_http_llm_limit_need(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     uint64_t                    n, cost, price, most;
     ngx_uint_t                  i;
     ngx_str_t                  *model;
-    ngx_http_llm_attempt_t     *a;
+    ngx_http_llm_model_t       *map;
     ngx_http_llm_price_t       *pr;
+    ngx_http_llm_route_peer_t  *peer;
     ngx_http_llm_json_value_t  *v[4];
 
     ngx_memzero(need, sizeof(ngx_http_llm_limit_need_t));
@@ -1199,13 +1202,16 @@ ngx_http_llm_limit_need(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         need->named = 1;
     }
 
+    /* the prices of every provider of the route that could take it */
+
     most = 0;
+    peer = ctx->route->peers.elts;
 
-    for (i = 0; i < ctx->nattempts; i++) {
-        a = &ctx->attempt[i];
-        model = a->map ? &a->map->name : &ctx->model;
+    for (i = 0; i < ctx->route->peers.nelts; i++) {
+        map = ngx_http_llm_provider_model(peer[i].provider, &ctx->model);
+        model = map ? &map->name : &ctx->model;
 
-        pr = ngx_http_llm_price_lookup(r, a->peer->provider, model,
+        pr = ngx_http_llm_price_lookup(r, peer[i].provider, model,
                                        &ctx->model);
         if (pr == NULL) {
             continue;
@@ -1419,7 +1425,7 @@ ngx_http_llm_limit_cleanup(void *data)
     ngx_http_request_t *r = data;
 
     uint64_t                    tokens, spend, *reserved;
-    ngx_uint_t                  i, b;
+    ngx_uint_t                  i, b, made;
     ngx_http_llm_ctx_t         *ctx;
     ngx_http_llm_limit_hold_t  *hold;
     ngx_http_llm_limit_node_t  *ln;
@@ -1434,6 +1440,11 @@ ngx_http_llm_limit_cleanup(void *data)
 
     tokens = ctx->usage.input + ctx->usage.output;
     spend = ctx->priced ? ctx->cost : 0;
+
+    /* a request that reached no provider (refused, or failed before) is
+       not one the key made */
+
+    made = (ngx_http_llm_attempts_made(ctx) > 0);
 
     for (i = 0; i < ctx->nholds; i++) {
         hold = &ctx->holds[i];
@@ -1465,6 +1476,10 @@ ngx_http_llm_limit_cleanup(void *data)
 
             ln->used[NGX_HTTP_LLM_LIMIT_TOKENS] += tokens;
             ln->used[NGX_HTTP_LLM_LIMIT_SPEND] += spend;
+
+            if (!made && ln->used[NGX_HTTP_LLM_LIMIT_REQUESTS]) {
+                ln->used[NGX_HTTP_LLM_LIMIT_REQUESTS]--;
+            }
         }
 
         ngx_shmtx_unlock(&hold->zone->shpool->mutex);

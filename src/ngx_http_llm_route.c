@@ -1120,7 +1120,11 @@ ngx_http_llm_attempts_text(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         p = ngx_cpymem(p, a->peer->provider->name.data,
                        a->peer->provider->name.len);
 
-        if (a->status) {
+        if (a->status && a->failed && a->status < NGX_HTTP_SPECIAL_RESPONSE) {
+            /* a reply that the provider broke off after it had begun */
+            p = ngx_cpymem(p, ":cut", sizeof(":cut") - 1);
+
+        } else if (a->status) {
             p = ngx_sprintf(p, ":%ui", a->status);
 
         } else if (i == ctx->current && !a->done && r->upstream

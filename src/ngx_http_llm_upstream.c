@@ -1608,6 +1608,15 @@ ngx_http_llm_finalize_request(ngx_http_request_t *r, ngx_int_t rc)
         return;
     }
 
+    if (!ctx->sse_reply && r->upstream->header_sent && !r->connection->error
+        && (rc == NGX_ERROR || rc >= NGX_HTTP_INTERNAL_SERVER_ERROR)
+        && rc != NGX_HTTP_CLIENT_CLOSED_REQUEST)
+    {
+        /* the client got the start of the reply, and a cut body */
+        ngx_str_set(&ctx->error, "provider_reply_cut");
+        return;
+    }
+
     if (!ctx->sse_reply || ctx->done
         || !r->upstream->header_sent || r->connection->error
         || (rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE)

@@ -171,10 +171,12 @@ for my $c (@cut_cases) {
     if ($stream) {
         like($r->{body}, qr/"content":"Hel".*\n\ndata: \{"error":\{.*"code":"provider_stream_error"\}\}\n\n\z/s,
              "$name: what came, then an error event");
-        like(log_line($name), qr/^\Q$name\E\|\Q$name\E\|1\|\Q$name\E:200\|200\|provider_stream_error$/,
-             "$name: logged with provider_stream_error");
+        like(log_line($name), qr/^\Q$name\E\|\Q$name\E\|1\|\Q$name\E:cut\|200\|provider_stream_error$/,
+             "$name: logged with provider_stream_error, the attempt cut");
     } else {
         ok(length($r->{body} // '') < 200, "$name: the client does not get a whole body");
+        like(log_line($name), qr/^\Q$name\E\|\Q$name\E\|1\|\Q$name\E:cut\|200\|provider_reply_cut$/,
+             "$name: logged with provider_reply_cut, the attempt cut");
     }
 
     is(breaker($name)->{state}, 'open', "$name: the breaker counted the failure and is open");

@@ -136,6 +136,11 @@ sub log_lines {
     is("@rem", '4 3 2 1 0 0 0 0', 'x-ratelimit-remaining-requests counts down');
     is(chat('req', 'b')->{status}, 200, 'another key has its own count');
 
+    # a request the limit refuses takes no attempt with a provider
+    my (undef, $st) = status_json($gw, '/status');
+    is_deeply($st->{providers}{mock}{attempts}, { total => 6, failed => 0 },
+              'the refused requests made no attempt');
+
     my @l = log_lines(qr/^req-a\|/, 8);
     is(scalar(grep { $_->[1] eq 'PASSED' } @l), 5, '$llm_limit_status PASSED 5 times');
     is(scalar(grep { $_->[1] eq 'REJECTED_REQUESTS' } @l), 3, '$llm_limit_status REJECTED_REQUESTS 3 times');
