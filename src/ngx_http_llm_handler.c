@@ -712,8 +712,13 @@ ngx_http_llm_request_body(ngx_http_request_t *r, ngx_str_t *body)
     cl = r->request_body->bufs;
 
     if (cl->next == NULL && !cl->buf->in_file) {
-        body->data = cl->buf->pos;
-        body->len = cl->buf->last - cl->buf->pos;
+        if (cl->buf->last != cl->buf->pos) {
+            body->data = cl->buf->pos;
+            body->len = cl->buf->last - cl->buf->pos;
+        }
+
+        /* else "": an empty buffer may have no memory at all */
+
         return NGX_OK;
     }
 
@@ -738,6 +743,10 @@ ngx_http_llm_request_body(ngx_http_request_t *r, ngx_str_t *body)
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
         size = ngx_buf_size(b);
+
+        if (size == 0) {
+            continue;
+        }
 
         if (!b->in_file) {
             p = ngx_cpymem(p, b->pos, size);
