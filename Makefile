@@ -16,7 +16,7 @@ PROVE       ?= prove
 DEB_BUILD    = nginx nginx-dev libpcre2-dev zlib1g-dev libssl-dev \
                libcjson-dev make gcc
 DEB_TEST     = curl openssl perl
-DEB_BENCH    = wrk
+DEB_BENCH    = wrk nodejs
 
 SRCS = $(wildcard src/*.c src/*.h) config
 
@@ -63,6 +63,8 @@ demo: build deps-test
 demo-stop:
 	@sh tools/demo.sh --stop
 
+# make bench: a quick run of every point (3 rounds of 2 s); make bench
+# FULL=1: the README's table (5 rounds of 8 s); see bench/run.sh
 bench: build deps-bench
 	@sh bench/run.sh $(CURDIR)/$(MODULE)
 

@@ -4,7 +4,13 @@
 #   NGINX_BIN   nginx (NGINX, default /usr/sbin/nginx)
 #   TMP         the temp prefix (logs/, tmp/); removed at exit unless KEEP_TMP=1
 #   free_port   a free TCP port of 127.0.0.1
-#   start_nginx PORT: starts nginx on $TMP/nginx.conf, waits until PORT answers
+#   start_nginx PORT [PREFIX]: starts nginx on PREFIX/nginx.conf (PREFIX:
+#               $TMP, with logs/ and tmp/), waits until PORT answers; every
+#               nginx started is stopped at exit, and so is every process
+#               whose pid is added to $KILL_PIDS
+#   pin_cores   sets PIN_NGINX and PIN_CLIENT, the commands that pin nginx
+#               (started after) and the clients to two separate cores
+#               (taskset; NGINX_CPU 0, CLIENT_CPU 1), or nothing on one core
 #   to_ms       a wrk latency (812.00us, 1.23ms, 1.02s) in ms
 #   median      the median of the numbers on standard input
 
@@ -39,23 +45,44 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/llm-bench.XXXXXX")
 chmod 755 "$TMP"
 mkdir -p "$TMP/logs" "$TMP/tmp"
 
+PREFIXES=$TMP
+KILL_PIDS=
+
 cleanup() {
-    if [ -f "$TMP/logs/nginx.pid" ]; then
-        pid=$(cat "$TMP/logs/nginx.pid")
+    for prefix in $PREFIXES; do
+        [ -f "$prefix/logs/nginx.pid" ] || continue
+        pid=$(cat "$prefix/logs/nginx.pid")
         kill -QUIT "$pid" 2>/dev/null || true
         i=0
         while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
         kill -KILL "$pid" 2>/dev/null || true
-    fi
+    done
+    for pid in $KILL_PIDS; do
+        kill "$pid" 2>/dev/null || true
+    done
     if [ "${KEEP_TMP:-}" = 1 ]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
+PIN_NGINX=
+PIN_CLIENT=
+
+pin_cores() {
+    if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+        PIN_NGINX="taskset -c ${NGINX_CPU:-0}"
+        PIN_CLIENT="taskset -c ${CLIENT_CPU:-1}"
+    fi
+}
+
 start_nginx() {
-    if ! "$NGINX_BIN" -p "$TMP/" -c "$TMP/nginx.conf" -e "$TMP/logs/error.log"; then
+    prefix=${2:-$TMP}
+    mkdir -p "$prefix/logs" "$prefix/tmp"
+    case " $PREFIXES " in *" $prefix "*) ;; *) PREFIXES="$PREFIXES $prefix" ;; esac
+    if ! $PIN_NGINX "$NGINX_BIN" -p "$prefix/" -c "$prefix/nginx.conf" \
+            -e "$prefix/logs/error.log"; then
         echo "bench: nginx failed to start" >&2
-        cat "$TMP/logs/error.log" >&2 || true
+        cat "$prefix/logs/error.log" >&2 || true
         exit 1
     fi
     i=0
@@ -77,4 +104,25 @@ median() {
     sort -g | awk '{ v[NR] = $1 } END {
         if (NR == 0) { print "nan"; exit }
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# the worker of the nginx of PREFIX (worker_processes 1)
+worker_pid() {
+    ps -o pid= --ppid "$(cat "$1/logs/nginx.pid")" | awk 'NR == 1 { print $1 }'
+}
+
+# user + system CPU time of a process, in clock ticks
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# resident memory of a process, in KB
+rss_kb() {
+    awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
+}
+
+# "min-max" of the numbers on standard input, with a printf format
+spread() {
+    sort -g | awk -v f="$1" 'NR == 1 { lo = $1 } { hi = $1 }
+        END { if (NR == 0) print "nan"; else printf f "-" f "\n", lo, hi }'
 }
