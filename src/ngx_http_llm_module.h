@@ -577,6 +577,9 @@ typedef struct {
 
     /* a stream's usage counts only once the format marks it final */
     ngx_uint_t                   marked;
+
+    /* a bit for each length of the keys above, found at the first use */
+    uint64_t                     lengths;
 } ngx_http_llm_dialect_t;
 
 
@@ -624,7 +627,16 @@ typedef struct {
     ngx_uint_t                   action;    /* what the client gets */
     u_char                      *cut_start; /* REPLACE: the data less */
     u_char                      *cut_end;   /* these bytes */
+
+    /* what the scan of its text found: ngx_http_llm_usage_scan_event() */
+    u_char                      *usage;     /* the last member named as the
+                                               usage container, or NULL */
+    ngx_uint_t                   usage_objects;  /* of those, objects */
+
     unsigned                     truncated:1;
+    unsigned                     scanned:1;
+    unsigned                     finish:1;  /* a key of the dialect's
+                                               finish, a string value */
 } ngx_http_llm_sse_event_t;
 
 
@@ -653,6 +665,29 @@ typedef struct {
     unsigned                     truncated:1;
     unsigned                     has_data:1;
 } ngx_http_llm_sse_t;
+
+
+/*
+ * An SSE event kept as the pattern of the events like it: the same bytes
+ * but for one text value (see ngx_http_llm_usage_scan_event())
+ */
+
+#define NGX_HTTP_LLM_MEMO_SIZE     512
+
+typedef struct {
+    size_t                       len;        /* of its data, or 0 */
+    size_t                       start;      /* of the text value's bytes */
+    size_t                       end;        /* its closing quote */
+    uint64_t                     before;     /* bytes of text before it */
+    uint64_t                     after;      /* and after it */
+    size_t                       usage;      /* the last usage member: from
+                                                the start, or the end */
+    ngx_uint_t                   usage_objects;
+    unsigned                     has_usage:1;
+    unsigned                     usage_after:1;  /* after the text value */
+    unsigned                     finish:1;
+    u_char                       data[NGX_HTTP_LLM_MEMO_SIZE];
+} ngx_http_llm_memo_t;
 
 
 /* the boundary between the gateway and a provider's wire format */
@@ -730,12 +765,8 @@ struct ngx_http_llm_ctx_s {
     ngx_chain_t                 *blocks;        /* output memory, reused */
     ngx_chain_t                **out;
 
-    /*
-     * the bytes an event began with up to its first key of those the
-     * scan of events looks for (ngx_http_llm_usage_scan_event())
-     */
-    u_char                      *memo;
-    size_t                       memo_len;
+    /* an event of the stream, the pattern of those like it */
+    ngx_http_llm_memo_t         *memo;
 
     ngx_msec_t                   start;
     ngx_msec_t                   first_byte;    /* of the reply, or 0 */
@@ -883,6 +914,8 @@ ngx_uint_t ngx_http_llm_usage_strings(u_char *p, u_char *last,
     ngx_str_t *keys, uint64_t *bytes);
 void ngx_http_llm_usage_content(ngx_http_llm_dialect_t *dialect,
     ngx_http_llm_usage_raw_t *raw, ngx_str_t *data);
+ngx_int_t ngx_http_llm_usage_scan_event(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_sse_event_t *ev);
 ngx_int_t ngx_http_llm_usage_body(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
 void ngx_http_llm_usage_finalize(ngx_http_request_t *r,

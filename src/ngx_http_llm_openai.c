@@ -219,7 +219,14 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
     p = ev->data.data;
     last = p + ev->data.len;
 
-    if (!ctx->raw.finished) {
+    if (ev->scanned) {
+        /* the scan of the event's text saw the finish reason */
+
+        if (ev->finish) {
+            ctx->raw.finished = 1;
+        }
+
+    } else if (!ctx->raw.finished) {
         ngx_http_llm_openai_finished(ctx, p, last);
     }
 
@@ -242,9 +249,21 @@ ngx_http_llm_openai_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
         return NGX_OK;
     }
 
-    /* most chunks have no usage member: they pass without a scan */
+    /*
+     * Most chunks have no usage member, or "usage":null: they pass without
+     * a scan of their own.  (The usage read is the object of the last
+     * top-level member of the name; the scan of the text found none if no
+     * member of the name, at any depth, is an object.)
+     */
 
-    if (ngx_http_llm_memstr(p, ev->data.len, "\"usage\"") == NULL) {
+    if (ev->scanned) {
+        if (ev->usage == NULL
+            || (!ctx->strip_usage && ev->usage_objects == 0))
+        {
+            return NGX_OK;
+        }
+
+    } else if (ngx_http_llm_memstr(p, ev->data.len, "\"usage\"") == NULL) {
         return NGX_OK;
     }
 

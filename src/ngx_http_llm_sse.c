@@ -387,6 +387,10 @@ ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     ev.action = NGX_HTTP_LLM_SSE_KEEP;
     ev.cut_start = NULL;
     ev.cut_end = NULL;
+    ev.usage = NULL;
+    ev.usage_objects = 0;
+    ev.scanned = 0;
+    ev.finish = 0;
 
     if (sse->ref) {
         ev.data.data = sse->ref;

@@ -153,11 +153,15 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
-    /* the text relayed, for the estimate of a stream cut short */
+    /*
+     * the text relayed, for the estimate of a stream cut short, and what
+     * the format looks for, in one pass
+     */
 
-    if (!ev->truncated) {
-        ngx_http_llm_usage_content(ctx->provider->format->dialect, &ctx->raw,
-                                   &ev->data);
+    if (!ev->truncated
+        && ngx_http_llm_usage_scan_event(r, ctx, ev) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     if (ctx->provider->format->event(r, ev) != NGX_OK) {

@@ -389,6 +389,11 @@ ngx_http_llm_reinit_request(ngx_http_request_t *r)
 
     ngx_memzero(&ctx->capture, sizeof(ngx_http_llm_capture_t));
     ctx->hold_len = 0;
+
+    if (ctx->memo) {
+        ctx->memo->len = 0;
+    }
+
     ngx_memzero(&ctx->raw, sizeof(ngx_http_llm_usage_raw_t));
     ctx->events = 0;
     ctx->received = 0;

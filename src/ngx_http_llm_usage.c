@@ -17,6 +17,11 @@
 
 #include "ngx_http_llm_module.h"
 
+#if ((defined __GNUC__ || defined __clang__) && defined __SSE2__)
+#include <emmintrin.h>
+#define NGX_HTTP_LLM_USAGE_SSE2  1
+#endif
+
 
 #define NGX_HTTP_LLM_CAPTURE_MAX  8192
 
@@ -62,6 +67,10 @@ static ngx_uint_t ngx_http_llm_capture_key(ngx_http_llm_dialect_t *dialect,
     ngx_http_llm_capture_t *c);
 static void ngx_http_llm_usage_clamp(ngx_http_llm_usage_t *u);
 static u_char *ngx_http_llm_string_end(u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_quote(u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_string_run(u_char *p,
+    u_char *last);
+static u_char *ngx_http_llm_string_close(u_char *p, u_char *last);
 static ngx_uint_t ngx_http_llm_key_in(ngx_str_t *keys, u_char *p, size_t len);
 static uint64_t ngx_http_llm_text_len(u_char *p, u_char *last);
 static ngx_uint_t ngx_http_llm_utf8_len(uint32_t code);
@@ -75,6 +84,23 @@ static ngx_uint_t ngx_http_llm_utf8_len(uint32_t code);
 
 #define ngx_http_llm_str_eq(s, l)                                             \
     ((s)->len == (l)->len && ngx_strncmp((s)->data, (l)->data, (s)->len) == 0)
+
+
+/*
+ * Does a word of 8 bytes hold a '"' or a '\\'?  (A byte of x is zero if
+ * x - 0x01 borrows into its high bit while x's own high bit is clear:
+ * exact as to whether any byte is.)
+ */
+
+#define NGX_HTTP_LLM_USAGE_ONES   0x0101010101010101ULL
+#define NGX_HTTP_LLM_USAGE_HIGHS  0x8080808080808080ULL
+
+#define ngx_http_llm_usage_zero(x)                                            \
+    (((x) - NGX_HTTP_LLM_USAGE_ONES) & ~(x) & NGX_HTTP_LLM_USAGE_HIGHS)
+
+#define ngx_http_llm_usage_quote(x)                                           \
+    (ngx_http_llm_usage_zero((x) ^ (NGX_HTTP_LLM_USAGE_ONES * '"'))           \
+     | ngx_http_llm_usage_zero((x) ^ (NGX_HTTP_LLM_USAGE_ONES * '\\')))
 
 
 /* OpenAI chat, embeddings and responses; DeepSeek's cache hits */
@@ -145,6 +171,14 @@ static ngx_str_t  ngx_http_llm_gemini_content[] = {
 };
 
 
+/* the member that says an OpenAI chunk is the model's last */
+
+static ngx_str_t  ngx_http_llm_openai_finish[] = {
+    ngx_string("finish_reason"),
+    ngx_null_string
+};
+
+
 /* the members that say a Gemini reply is over: its usage is then final */
 
 static ngx_str_t  ngx_http_llm_gemini_finish[] = {
@@ -173,7 +207,7 @@ ngx_http_llm_dialect_t  ngx_http_llm_dialect_openai = {
     ngx_http_llm_openai_fields,
     ngx_http_llm_openai_canonical,
     ngx_http_llm_openai_content,
-    ngx_http_llm_no_keys,
+    ngx_http_llm_openai_finish,
     0
 };
 
@@ -562,6 +596,377 @@ ngx_http_llm_usage_content(ngx_http_llm_dialect_t *dialect,
 }
 
 
+/* the next '"' from p, or last */
+
+static ngx_inline u_char *
+ngx_http_llm_quote(u_char *p, u_char *last)
+{
+#if (NGX_HTTP_LLM_USAGE_SSE2)
+    int       m;
+    __m128i   x;
+
+    while (last - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        m = _mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')));
+
+        if (m) {
+            return p + __builtin_ctz(m);
+        }
+
+        p += 16;
+    }
+#endif
+
+    while (p < last && *p != '"') {
+        p++;
+    }
+
+    return p;
+}
+
+
+/* the next '"' or '\\' from p, or last */
+
+static ngx_inline u_char *
+ngx_http_llm_string_run(u_char *p, u_char *last)
+{
+    uint64_t  w;
+
+#if (NGX_HTTP_LLM_USAGE_SSE2)
+    int       m;
+    __m128i   x;
+
+    while (last - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        m = _mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))));
+
+        if (m) {
+            return p + __builtin_ctz(m);
+        }
+
+        p += 16;
+    }
+#endif
+
+    while (last - p >= 8) {
+        ngx_memcpy(&w, p, 8);
+
+        if (ngx_http_llm_usage_quote(w)) {
+            break;
+        }
+
+        p += 8;
+    }
+
+    while (p < last && *p != '"' && *p != '\\') {
+        p++;
+    }
+
+    return p;
+}
+
+
+/*
+ * The data of an SSE event (JSON, whole in memory), in one pass: the bytes
+ * of its text, as ngx_http_llm_usage_strings() counts those of the
+ * dialect's content keys; whether a key of the dialect's finish has a
+ * string value; and the members named as the dialect's usage container,
+ * at any depth: the key of the last one, and how many are objects.  When
+ * none is an object, the event has no usage to read; else the format
+ * reads it with its own, validating, scan of the top level.
+ *
+ * The events of a stream are mostly alike: the same id, model, keys, but
+ * for a few words of text.  An event with a text value is kept as a
+ * pattern; an event that has the pattern's bytes before the value and
+ * after it, and a string value between them that ends where the
+ * pattern's bytes after it begin, is the pattern with another text: the
+ * scan would find the same, but for the bytes of that text, which are
+ * counted.
+ */
+
+static ngx_uint_t ngx_http_llm_memo_match(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_sse_event_t *ev);
+
+
+ngx_int_t
+ngx_http_llm_usage_scan_event(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_sse_event_t *ev)
+{
+    u_char                    *p, *last, *s, *e, *v, *text, *text_end;
+    size_t                     len;
+    uint64_t                   lengths, content, before;
+    ngx_str_t                 *k;
+    ngx_uint_t                 container, is_content;
+    ngx_http_llm_memo_t       *m;
+    ngx_http_llm_dialect_t    *dialect;
+
+    ev->scanned = 1;
+    ev->usage = NULL;
+    ev->usage_objects = 0;
+    ev->finish = 0;
+
+    if (ctx->memo && ctx->memo->len && ngx_http_llm_memo_match(ctx, ev)) {
+        return NGX_OK;
+    }
+
+    dialect = ctx->provider->format->dialect;
+
+    /* the lengths of the keys looked for: most keys are none of them */
+
+    lengths = dialect->lengths;
+
+    if (lengths == 0) {
+        lengths = (uint64_t) 1 << ngx_min(dialect->container.len, 63);
+
+        for (k = dialect->content; k->len; k++) {
+            lengths |= (uint64_t) 1 << ngx_min(k->len, 63);
+        }
+
+        for (k = dialect->finish; k->len; k++) {
+            lengths |= (uint64_t) 1 << ngx_min(k->len, 63);
+        }
+
+        dialect->lengths = lengths;
+    }
+
+    p = ev->data.data;
+    last = p + ev->data.len;
+
+    content = ctx->raw.content;
+
+    /* the first text value, and what was found before it */
+
+    text = NULL;
+    text_end = NULL;
+    before = 0;
+
+    for ( ;; ) {
+
+        /* to the next string */
+
+        p = ngx_http_llm_quote(p, last);
+
+        if (p == last) {
+            break;
+        }
+
+        s = ++p;
+
+        /* its closing quote: an escape takes the byte after it */
+
+        for ( ;; ) {
+            p = ngx_http_llm_string_run(p, last);
+
+            if (p == last) {
+                return NGX_OK;
+            }
+
+            if (*p == '"') {
+                break;
+            }
+
+            if (last - p <= 2) {
+                return NGX_OK;
+            }
+
+            p += 2;
+        }
+
+        e = p++;
+
+        /* a key, if a colon follows */
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == '\r'
+                            || *p == '\n'))
+        {
+            p++;
+        }
+
+        if (p == last) {
+            return NGX_OK;
+        }
+
+        len = e - s;
+
+        if (*p != ':' || !(lengths & ((uint64_t) 1 << ngx_min(len, 63)))) {
+            /* not a key, or none of those looked for */
+            continue;
+        }
+
+        container = (len == dialect->container.len
+                     && ngx_memcmp(s, dialect->container.data, len) == 0);
+
+        is_content = !container
+                     && ngx_http_llm_key_in(dialect->content, s, len);
+
+        if (!container && !is_content
+            && !ngx_http_llm_key_in(dialect->finish, s, len))
+        {
+            continue;
+        }
+
+        for (v = p + 1; v < last; v++) {
+            if (*v != ' ' && *v != '\t' && *v != '\r' && *v != '\n') {
+                break;
+            }
+        }
+
+        p = v;
+
+        if (container) {
+            ev->usage = s - 1;
+
+            if (v < last && *v == '{') {
+                ev->usage_objects++;
+            }
+
+            continue;
+        }
+
+        if (v == last || *v != '"') {
+            /* not a string: null, an object, ... */
+            continue;
+        }
+
+        e = ngx_http_llm_string_close(v + 1, last);
+        if (e == NULL) {
+            return NGX_OK;
+        }
+
+        if (is_content) {
+
+            if (text == NULL) {
+                /* the text value of a pattern, and what came before it */
+
+                text = v + 1;
+                text_end = e;
+                before = ctx->raw.content - content;
+            }
+
+            ctx->raw.content += ngx_http_llm_text_len(v + 1, e);
+
+        } else {
+            ev->finish = 1;
+        }
+
+        p = e + 1;
+    }
+
+    /* the whole event was scanned: a pattern, if it has a text value */
+
+    if (text == NULL || ev->data.len > NGX_HTTP_LLM_MEMO_SIZE) {
+        return NGX_OK;
+    }
+
+    m = ctx->memo;
+
+    if (m == NULL) {
+        m = ngx_palloc(r->pool, sizeof(ngx_http_llm_memo_t));
+        if (m == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->memo = m;
+    }
+
+    m->len = ev->data.len;
+    m->start = text - ev->data.data;
+    m->end = text_end - ev->data.data;
+    m->before = before;
+    m->after = ctx->raw.content - content - before
+               - ngx_http_llm_text_len(text, text_end);
+    m->has_usage = (ev->usage != NULL);
+    m->usage_after = (ev->usage > text_end);
+    m->usage = ev->usage == NULL ? 0
+               : m->usage_after ? (size_t) (last - ev->usage)
+                                : (size_t) (ev->usage - ev->data.data);
+    m->usage_objects = ev->usage_objects;
+    m->finish = ev->finish;
+
+    ngx_memcpy(m->data, ev->data.data, ev->data.len);
+
+    return NGX_OK;
+}
+
+
+/* is the event the pattern with another text?  If so, its findings */
+
+static ngx_uint_t
+ngx_http_llm_memo_match(ngx_http_llm_ctx_t *ctx, ngx_http_llm_sse_event_t *ev)
+{
+    u_char               *p, *last, *e;
+    size_t                after;
+    ngx_http_llm_memo_t  *m;
+
+    m = ctx->memo;
+
+    p = ev->data.data;
+    last = p + ev->data.len;
+
+    after = m->len - m->end;
+
+    if (ev->data.len < m->start + after
+        || ngx_memcmp(p, m->data, m->start) != 0
+        || ngx_memcmp(last - after, m->data + m->end, after) != 0)
+    {
+        return 0;
+    }
+
+    /* the text value ends where the bytes after it begin */
+
+    e = ngx_http_llm_string_close(p + m->start, last);
+
+    if (e != last - after) {
+        return 0;
+    }
+
+    ctx->raw.content += m->before + ngx_http_llm_text_len(p + m->start, e)
+                        + m->after;
+
+    if (m->has_usage) {
+        ev->usage = m->usage_after ? last - m->usage : p + m->usage;
+    }
+
+    ev->usage_objects = m->usage_objects;
+    ev->finish = m->finish;
+
+    return 1;
+}
+
+
+/*
+ * The closing quote of a string, from after its opening one, as
+ * ngx_http_llm_string_end() finds it: by runs, an escape taking the byte
+ * after it.
+ */
+
+static u_char *
+ngx_http_llm_string_close(u_char *p, u_char *last)
+{
+    for ( ;; ) {
+        p = ngx_http_llm_string_run(p, last);
+
+        if (p == last) {
+            return NULL;
+        }
+
+        if (*p == '"') {
+            return p;
+        }
+
+        if (last - p <= 2) {
+            return NULL;
+        }
+
+        p += 2;
+    }
+}
+
+
 /* the closing quote of a string, from after its opening one */
 
 static u_char *
@@ -595,7 +1000,9 @@ static ngx_uint_t
 ngx_http_llm_key_in(ngx_str_t *keys, u_char *p, size_t len)
 {
     for ( /* void */ ; keys->len; keys++) {
-        if (keys->len == len && ngx_strncmp(keys->data, p, len) == 0) {
+        if (keys->len == len && keys->data[0] == p[0]
+            && ngx_memcmp(keys->data, p, len) == 0)
+        {
             return 1;
         }
     }
