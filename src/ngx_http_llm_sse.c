@@ -12,6 +12,11 @@
 
 #include "ngx_http_llm_module.h"
 
+#if ((defined __GNUC__ || defined __clang__) && defined __SSE2__)
+#include <emmintrin.h>
+#define NGX_HTTP_LLM_SSE_SSE2  1
+#endif
+
 
 #define NGX_HTTP_LLM_SSE_DATA_INIT   4096
 #define NGX_HTTP_LLM_SSE_DATA_MAX    262144
@@ -85,6 +90,45 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
             /* fall through */
 
         case sw_line_start:
+
+            /* the usual line, "data: ", without a field name to gather */
+
+            if (ch == 'd' && last - p >= 6
+                && p[1] == 'a' && p[2] == 't' && p[3] == 'a'
+                && p[4] == ':' && p[5] == ' ')
+            {
+                p += 6;
+
+                if (!sse->has_data && sse->len == 0) {
+
+                    /*
+                     * an event of one data line and its blank line, whole
+                     * in this input, as most are: at once
+                     */
+
+                    end = ngx_http_llm_sse_eol(p, last);
+
+                    if (last - end >= 2 && end[0] == LF && end[1] == LF) {
+                        sse->ref = p;
+                        sse->ref_len = end - p;
+                        sse->has_data = 1;
+                        sse->field = field_none;
+
+                        if (ngx_http_llm_sse_dispatch(r, sse, end + 2, handler)
+                            != NGX_OK)
+                        {
+                            return NGX_ERROR;
+                        }
+
+                        p = end + 2;
+                        break;
+                    }
+                }
+
+                sse->field = field_data;
+                sse->state = sw_value;
+                break;
+            }
 
             if (ch == CR && p + 1 == last) {
                 /* the event ends with this CR, or with the LF to come */
@@ -323,15 +367,63 @@ ngx_http_llm_sse_materialize(ngx_http_request_t *r, ngx_http_llm_sse_t *sse)
 }
 
 
+/* the first CR or LF from p, or last */
+
 static u_char *
 ngx_http_llm_sse_eol(u_char *p, u_char *last)
 {
+#if (NGX_HTTP_LLM_SSE_SSE2)
+    unsigned  m;
+    __m128i   x, y, lf, cr;
+
+    lf = _mm_set1_epi8(LF);
+    cr = _mm_set1_epi8(CR);
+
+    while (last - p >= 32) {
+        x = _mm_loadu_si128((const __m128i *) p);
+        y = _mm_loadu_si128((const __m128i *) (p + 16));
+
+        m = (unsigned) _mm_movemask_epi8(
+                           _mm_or_si128(_mm_cmpeq_epi8(x, lf),
+                                        _mm_cmpeq_epi8(x, cr)))
+            | (unsigned) _mm_movemask_epi8(
+                             _mm_or_si128(_mm_cmpeq_epi8(y, lf),
+                                          _mm_cmpeq_epi8(y, cr))) << 16;
+
+        if (m) {
+            return p + __builtin_ctz(m);
+        }
+
+        p += 32;
+    }
+
+    while (last - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        m = (unsigned) _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, lf),
+                                                      _mm_cmpeq_epi8(x, cr)));
+
+        if (m) {
+            return p + __builtin_ctz(m);
+        }
+
+        p += 16;
+    }
+
+    while (p < last && *p != LF && *p != CR) {
+        p++;
+    }
+
+    return p;
+
+#else
     u_char  *lf, *cr;
 
     lf = memchr(p, LF, last - p);
     cr = memchr(p, CR, (lf ? lf : last) - p);
 
     return cr ? cr : (lf ? lf : last);
+#endif
 }
 
 
