@@ -637,6 +637,9 @@ typedef struct {
     unsigned                     scanned:1;
     unsigned                     finish:1;  /* a key of the dialect's
                                                finish, a string value */
+
+    size_t                       data_off;  /* where its data begins in
+                                               the bytes of the event */
 } ngx_http_llm_sse_event_t;
 
 
@@ -664,6 +667,10 @@ typedef struct {
 
     unsigned                     truncated:1;
     unsigned                     has_data:1;
+
+    /* the bytes of the current event in earlier input, where its data is */
+    size_t                       pending;
+    size_t                       data_off;
 } ngx_http_llm_sse_t;
 
 

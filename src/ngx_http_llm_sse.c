@@ -53,11 +53,26 @@ static ngx_int_t ngx_http_llm_sse_materialize(ngx_http_request_t *r,
 static u_char *ngx_http_llm_sse_eol(u_char *p, u_char *last);
 
 
+/*
+ * Where the data of an event begins among the bytes of the event (from
+ * the end of the event before it: lines without data before it are its
+ * bytes too), for those who edit the event's bytes: "event" is where the
+ * current event began in this input, or NULL if in earlier input.
+ */
+
+#define ngx_http_llm_sse_offset(sse, event, first, q)                        \
+    ((event) ? (size_t) ((q) - (event))                                       \
+             : (sse)->pending + (size_t) ((q) - (first)))
+
+
 ngx_int_t
 ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     u_char *p, u_char *last, ngx_http_llm_sse_handler_pt handler)
 {
-    u_char  ch, *start, *end;
+    u_char  ch, *start, *end, *first, *event;
+
+    first = p;
+    event = NULL;
 
     while (p < last) {
         ch = *p;
@@ -66,6 +81,11 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
 
         case sw_blank_cr:
             end = (ch == LF) ? p + 1 : p;
+
+            if (sse->has_data) {
+                /* an event ends: the next begins */
+                event = end;
+            }
 
             if (ngx_http_llm_sse_dispatch(r, sse, end, handler) != NGX_OK) {
                 return NGX_ERROR;
@@ -101,6 +121,9 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
 
                 if (!sse->has_data && sse->len == 0) {
 
+                    sse->data_off = ngx_http_llm_sse_offset(sse, event,
+                                                            first, p);
+
                     /*
                      * an event of one data line and its blank line, whole
                      * in this input, as most are: at once
@@ -121,6 +144,7 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
                         }
 
                         p = end + 2;
+                        event = p;
                         break;
                     }
                 }
@@ -141,6 +165,10 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
                 /* a blank line ends the event, its CRLF with it */
 
                 end = (ch == CR && p[1] == LF) ? p + 2 : p + 1;
+
+                if (sse->has_data) {
+                    event = end;
+                }
 
                 if (ngx_http_llm_sse_dispatch(r, sse, end, handler) != NGX_OK) {
                     return NGX_ERROR;
@@ -208,6 +236,13 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
             start = p;
             p = ngx_http_llm_sse_eol(p, last);
 
+            if (sse->state == sw_value && sse->field == field_data
+                && !sse->has_data && sse->len == 0)
+            {
+                sse->data_off = ngx_http_llm_sse_offset(sse, event, first,
+                                                        start);
+            }
+
             if (sse->state == sw_skip) {
                 /* a comment line */
 
@@ -255,6 +290,8 @@ ngx_http_llm_sse_parse(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     if (ngx_http_llm_sse_materialize(r, sse) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    sse->pending = ngx_http_llm_sse_offset(sse, event, first, last);
 
     return NGX_OK;
 }
@@ -483,6 +520,7 @@ ngx_http_llm_sse_dispatch(ngx_http_request_t *r, ngx_http_llm_sse_t *sse,
     ev.usage_objects = 0;
     ev.scanned = 0;
     ev.finish = 0;
+    ev.data_off = sse->data_off;
 
     if (sse->ref) {
         ev.data.data = sse->ref;

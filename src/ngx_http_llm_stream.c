@@ -260,8 +260,22 @@ ngx_http_llm_stream_event(ngx_http_request_t *r, ngx_http_llm_sse_event_t *ev)
             /* the data of the event in the input, where it came: no search */
             p = b->pos + ctx->hold_len + (ev->data.data - ctx->raw_start);
 
+        } else if (ev->data_off + ev->data.len <= size
+                   && memchr(ev->data.data, LF, ev->data.len) == NULL
+                   && ngx_memcmp(b->pos + ev->data_off, ev->data.data,
+                                 ev->data.len)
+                      == 0)
+        {
+            /*
+             * data of one line, copied by the parser: where it began among
+             * the event's bytes (the same text may come before it, in a
+             * comment)
+             */
+
+            p = b->pos + ev->data_off;
+
         } else {
-            p = memmem(b->pos, size, ev->data.data, ev->data.len);
+            p = NULL;
         }
 
         if (p) {

@@ -385,6 +385,7 @@ ngx_http_llm_reinit_request(ngx_http_request_t *r)
     ctx->sse.ref = NULL;
     ctx->sse.has_data = 0;
     ctx->sse.truncated = 0;
+    ctx->sse.pending = 0;
     ctx->done = 0;
 
     ngx_memzero(&ctx->capture, sizeof(ngx_http_llm_capture_t));
