@@ -57,6 +57,12 @@ static ngx_int_t ngx_http_llm_usage_set(ngx_http_llm_usage_scan_t *scan,
     ngx_uint_t slot, ngx_http_llm_json_value_t *v);
 static ngx_int_t ngx_http_llm_event_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static ngx_int_t ngx_http_llm_usage_reply(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *p, u_char *last);
+static ngx_int_t ngx_http_llm_capture_end(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, u_char *start, u_char *end);
+static ngx_int_t ngx_http_llm_capture_run(ngx_http_request_t *r,
+    ngx_http_llm_capture_t *c, u_char *p, u_char *last);
 static ngx_int_t ngx_http_llm_capture_byte(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char ch);
 static ngx_int_t ngx_http_llm_capture_append(ngx_http_request_t *r,
@@ -67,6 +73,7 @@ static ngx_uint_t ngx_http_llm_capture_key(ngx_http_llm_dialect_t *dialect,
     ngx_http_llm_capture_t *c);
 static void ngx_http_llm_usage_clamp(ngx_http_llm_usage_t *u);
 static u_char *ngx_http_llm_string_end(u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_nest_run(u_char *p, u_char *last);
 static ngx_inline u_char *ngx_http_llm_quote(u_char *p, u_char *last);
 static ngx_inline u_char *ngx_http_llm_string_run(u_char *p,
     u_char *last);
@@ -596,6 +603,45 @@ ngx_http_llm_usage_content(ngx_http_llm_dialect_t *dialect,
 }
 
 
+/* the next '"', '{', '}', '[' or ']' from p, or last */
+
+static ngx_inline u_char *
+ngx_http_llm_nest_run(u_char *p, u_char *last)
+{
+#if (NGX_HTTP_LLM_USAGE_SSE2)
+    int       m;
+    __m128i   x;
+
+    while (last - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        m = _mm_movemask_epi8(
+                _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                                 _mm_cmpeq_epi8(x, _mm_set1_epi8('{'))),
+                    _mm_or_si128(
+                        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('}')),
+                                     _mm_cmpeq_epi8(x, _mm_set1_epi8('['))),
+                        _mm_cmpeq_epi8(x, _mm_set1_epi8(']')))));
+
+        if (m) {
+            return p + __builtin_ctz(m);
+        }
+
+        p += 16;
+    }
+#endif
+
+    while (p < last && *p != '"' && *p != '{' && *p != '}' && *p != '['
+           && *p != ']')
+    {
+        p++;
+    }
+
+    return p;
+}
+
+
 /* the next '"' from p, or last */
 
 static ngx_inline u_char *
@@ -1093,11 +1139,367 @@ ngx_int_t
 ngx_http_llm_usage_body(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     u_char *p, u_char *last)
 {
+    if (!ctx->stream) {
+        return ngx_http_llm_usage_reply(r, ctx, p, last);
+    }
+
     for ( /* void */ ; p < last; p++) {
         if (ngx_http_llm_capture_byte(r, ctx, *p) != NGX_OK) {
             return NGX_ERROR;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The machine of ngx_http_llm_capture_byte() for a reply that is not a
+ * stream, by runs: the plain bytes of a string other than a key are
+ * skipped eight at a time, and the usage object is read where it is when
+ * it is whole in this piece of the body (else copied, as much of it as
+ * came in each piece).
+ */
+
+static ngx_int_t
+ngx_http_llm_usage_reply(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *p, u_char *last)
+{
+    u_char                  ch, *start, *start_key;
+    size_t                  n;
+    ngx_int_t               rc;
+    ngx_str_t              *container;
+    ngx_uint_t              depth, key_depth, key_len, in_string, escape,
+                            in_key, want_key, match, value, capturing,
+                            element_usage;
+    ngx_http_llm_capture_t  *c;
+
+    c = &ctx->capture;
+    container = &ctx->provider->format->dialect->container;
+
+    /* the state of the machine, in locals while the bytes go by */
+
+    depth = c->depth;
+    key_depth = c->key_depth;
+    key_len = c->key_len;
+    in_string = c->in_string;
+    escape = c->escape;
+    in_key = c->in_key;
+    want_key = c->want_key;
+    match = c->match;
+    value = c->value;
+    capturing = c->capturing;
+    element_usage = c->element_usage;
+
+    /* the start of what is captured in this piece */
+    start = p;
+
+    while (p < last) {
+
+        if (in_string) {
+
+            if (escape) {
+                escape = 0;
+                p++;
+                continue;
+            }
+
+            if (in_key) {
+
+                /* the plain bytes of a key, gathered by runs */
+
+                start_key = p;
+                p = ngx_http_llm_string_run(p, last);
+
+                if (key_len < sizeof(c->key)) {
+                    n = ngx_min(sizeof(c->key) - key_len,
+                                (size_t) (p - start_key));
+
+                    ngx_memcpy(c->key + key_len, start_key, n);
+                }
+
+                key_len += p - start_key;
+
+            } else {
+
+                /* the plain bytes of a string, by runs */
+
+                p = ngx_http_llm_string_run(p, last);
+            }
+
+            if (p == last) {
+                break;
+            }
+
+            ch = *p++;
+
+            if (ch == '\\') {
+                escape = 1;
+
+                if (in_key) {
+                    key_len = sizeof(c->key) + 1;
+                }
+
+            } else if (ch == '"') {
+                in_string = 0;
+
+                if (in_key) {
+                    in_key = 0;
+                    match = (key_len == container->len
+                             && ngx_strncmp(c->key, container->data,
+                                            container->len) == 0);
+                }
+            }
+
+            continue;
+        }
+
+        if (depth > key_depth) {
+
+            /*
+             * Inside a member's value only strings and the nesting matter
+             * (whatever else comes, "value" is clear since its '{' or '['):
+             * the bytes between them go by runs, and so do its strings.
+             */
+
+            for ( ;; ) {
+                p = ngx_http_llm_nest_run(p, last);
+
+                if (p == last || *p != '"') {
+                    break;
+                }
+
+                for (p++; /* void */; p += 2) {
+                    p = ngx_http_llm_string_run(p, last);
+
+                    if (p == last || *p == '"' || last - p < 2) {
+                        break;
+                    }
+                }
+
+                if (p == last) {
+                    in_string = 1;
+                    break;
+                }
+
+                if (*p != '"') {
+                    /* a backslash ends the piece: the byte after it next */
+                    in_string = 1;
+                    escape = 1;
+                    p = last;
+                    break;
+                }
+
+                p++;
+            }
+
+            if (p == last) {
+                break;
+            }
+        }
+
+        ch = *p;
+
+        switch (ch) {
+
+        case '"':
+            in_string = 1;
+            value = 0;
+
+            if (depth == key_depth && want_key) {
+                in_key = 1;
+                want_key = 0;
+                key_len = 0;
+            }
+
+            break;
+
+        case '{':
+        case '[':
+
+            if (depth == key_depth && value && ch == '{') {
+                capturing = 1;
+                c->overflow = 0;
+                c->len = 0;
+                start = p;
+            }
+
+            value = 0;
+
+            if (depth == 0) {
+                /* the members of an object, or of the objects of an array */
+                key_depth = (ch == '[') ? 2 : 1;
+            }
+
+            depth++;
+
+            if (depth == key_depth) {
+                want_key = (ch == '{');
+            }
+
+            break;
+
+        case '}':
+        case ']':
+
+            if (depth) {
+                depth--;
+            }
+
+            if (capturing && depth == key_depth) {
+                capturing = 0;
+
+                rc = ngx_http_llm_capture_end(r, ctx, start, p + 1);
+
+                if (rc == NGX_ERROR) {
+                    return NGX_ERROR;
+                }
+
+                if (rc == NGX_OK) {
+                    element_usage = 1;
+                }
+            }
+
+            if (ch == '}' && depth + 1 == key_depth) {
+
+                /* an element of the stream ends (or the reply's object) */
+
+                if (ctx->raw.finished && element_usage) {
+                    ctx->raw.final = 1;
+                }
+
+                element_usage = 0;
+            }
+
+            break;
+
+        case ':':
+            if (depth == key_depth) {
+                value = match;
+                match = 0;
+            }
+
+            break;
+
+        case ',':
+            if (depth == key_depth) {
+                want_key = 1;
+                value = 0;
+            }
+
+            break;
+
+        case ' ': case '\t': case '\r': case '\n':
+            break;
+
+        default:
+            /* a scalar value (null, a number, ...): nothing to capture */
+            value = 0;
+        }
+
+        p++;
+    }
+
+    c->depth = depth;
+    c->key_depth = key_depth;
+    c->key_len = key_len;
+    c->in_string = in_string;
+    c->escape = escape;
+    c->in_key = in_key;
+    c->want_key = want_key;
+    c->match = match;
+    c->value = value;
+    c->capturing = capturing;
+    c->element_usage = element_usage;
+
+    if (capturing) {
+        /* the piece goes away: what it has of the object is kept */
+        return ngx_http_llm_capture_run(r, c, start, last);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The usage object is complete, the last of its bytes from start to end:
+ * NGX_OK if it was read, NGX_DECLINED if not.
+ */
+
+static ngx_int_t
+ngx_http_llm_capture_end(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    u_char *start, u_char *end)
+{
+    ngx_http_llm_capture_t  *c;
+
+    c = &ctx->capture;
+
+    if (c->len == 0 && !c->overflow
+        && end - start <= NGX_HTTP_LLM_CAPTURE_MAX)
+    {
+        /* whole in this piece: read where it is */
+
+    } else {
+        if (ngx_http_llm_capture_run(r, c, start, end) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (c->overflow) {
+            ctx->raw.invalid++;
+            return NGX_DECLINED;
+        }
+
+        start = c->buf;
+        end = c->buf + c->len;
+    }
+
+    return ngx_http_llm_usage_read(ctx->provider->format->dialect, &ctx->raw,
+                                   start, end);
+}
+
+
+/* bytes of the usage object, kept; past NGX_HTTP_LLM_CAPTURE_MAX, none */
+
+static ngx_int_t
+ngx_http_llm_capture_run(ngx_http_request_t *r, ngx_http_llm_capture_t *c,
+    u_char *p, u_char *last)
+{
+    u_char  *buf;
+    size_t   n, size;
+
+    n = last - p;
+
+    if (c->overflow || n == 0) {
+        return NGX_OK;
+    }
+
+    if (c->len + n > NGX_HTTP_LLM_CAPTURE_MAX) {
+        c->overflow = 1;
+        return NGX_OK;
+    }
+
+    if (c->len + n > c->size) {
+        size = c->size ? c->size : 512;
+
+        while (size < c->len + n) {
+            size *= 2;
+        }
+
+        buf = ngx_pnalloc(r->pool, size);
+        if (buf == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (c->len) {
+            ngx_memcpy(buf, c->buf, c->len);
+        }
+
+        c->buf = buf;
+        c->size = size;
+    }
+
+    ngx_memcpy(c->buf + c->len, p, n);
+    c->len += n;
 
     return NGX_OK;
 }
