@@ -13,11 +13,16 @@
 
 #include "ngx_http_llm_module.h"
 
+#if ((defined __GNUC__ || defined __clang__) && defined __SSE2__)
+#include <emmintrin.h>
+#define NGX_HTTP_LLM_JSON_SSE2  1
+#endif
+
 
 #define NGX_HTTP_LLM_JSON_DEPTH  128
 
 
-static u_char *ngx_http_llm_json_ws(u_char *p, u_char *last);
+static ngx_inline u_char *ngx_http_llm_json_ws(u_char *p, u_char *last);
 static u_char *ngx_http_llm_json_value(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_http_llm_json_value_t *v);
 static u_char *ngx_http_llm_json_string(u_char *p, u_char *last,
@@ -283,9 +288,41 @@ ngx_http_llm_json_string(u_char *p, u_char *last, ngx_uint_t *escaped)
     uint64_t    w;
     ngx_uint_t  i;
 
+#if (NGX_HTTP_LLM_JSON_SSE2)
+    int         m;
+    __m128i     x, quote, bslash, c1f;
+
+    quote = _mm_set1_epi8('"');
+    bslash = _mm_set1_epi8('\\');
+    c1f = _mm_set1_epi8(0x1f);
+#endif
+
     *escaped = 0;
 
     for (p++; p < last; p++) {
+
+#if (NGX_HTTP_LLM_JSON_SSE2)
+
+        /* sixteen bytes at a time: the first that ends the plain run */
+
+        while (last - p >= 16) {
+            x = _mm_loadu_si128((const __m128i *) p);
+
+            m = _mm_movemask_epi8(
+                    _mm_or_si128(
+                        _mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                     _mm_cmpeq_epi8(x, bslash)),
+                        _mm_cmpeq_epi8(_mm_max_epu8(x, c1f), c1f)));
+
+            if (m) {
+                p += __builtin_ctz(m);
+                goto special;
+            }
+
+            p += 16;
+        }
+
+#endif
 
         /* eight bytes at a time while none of them ends the plain run */
 
@@ -308,6 +345,10 @@ ngx_http_llm_json_string(u_char *p, u_char *last, ngx_uint_t *escaped)
                 return NULL;
             }
         }
+
+#if (NGX_HTTP_LLM_JSON_SSE2)
+    special:
+#endif
 
         if (*p == '"') {
             return p + 1;
@@ -410,7 +451,7 @@ ngx_http_llm_json_number(u_char *p, u_char *last)
 }
 
 
-static u_char *
+static ngx_inline u_char *
 ngx_http_llm_json_ws(u_char *p, u_char *last)
 {
     while (p < last
