@@ -29,7 +29,8 @@ static u_char *ngx_http_llm_json_string(u_char *p, u_char *last,
     ngx_uint_t *escaped);
 static u_char *ngx_http_llm_json_number(u_char *p, u_char *last);
 static u_char *ngx_http_llm_json_members(u_char *p, u_char *last,
-    ngx_uint_t depth, ngx_http_llm_json_member_pt handler, void *data);
+    ngx_uint_t depth, ngx_http_llm_json_member_pt handler,
+    ngx_http_llm_json_nested_pt nested, void *data);
 static u_char *ngx_http_llm_json_elements(u_char *p, u_char *last,
     ngx_uint_t depth, ngx_uint_t *n);
 static size_t ngx_http_llm_json_fold(u_char *p, u_char *last, u_char c);
@@ -69,7 +70,35 @@ ngx_http_llm_json_object(u_char *p, u_char *last,
         return NGX_DECLINED;
     }
 
-    p = ngx_http_llm_json_members(p + 1, last, 1, handler, data);
+    p = ngx_http_llm_json_members(p + 1, last, 1, handler, NULL, data);
+
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    return (ngx_http_llm_json_ws(p, last) == last) ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * As ngx_http_llm_json_object(), and in the same pass: the members of an
+ * object value of a member that nested() names a handler for go to that
+ * handler (before the member itself goes to the first), so that they
+ * need no scan of their own.
+ */
+
+ngx_int_t
+ngx_http_llm_json_object_nested(u_char *p, u_char *last,
+    ngx_http_llm_json_member_pt handler, ngx_http_llm_json_nested_pt nested,
+    void *data)
+{
+    p = ngx_http_llm_json_ws(p, last);
+
+    if (p == last || *p != '{') {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_http_llm_json_members(p + 1, last, 1, handler, nested, data);
 
     if (p == NULL) {
         return NGX_ERROR;
@@ -87,11 +116,13 @@ ngx_http_llm_json_object(u_char *p, u_char *last,
 
 static u_char *
 ngx_http_llm_json_members(u_char *p, u_char *last, ngx_uint_t depth,
-    ngx_http_llm_json_member_pt handler, void *data)
+    ngx_http_llm_json_member_pt handler, ngx_http_llm_json_nested_pt nested,
+    void *data)
 {
-    ngx_uint_t                 escaped;
-    ngx_str_t                  key;
-    ngx_http_llm_json_value_t  v;
+    ngx_uint_t                    escaped;
+    ngx_str_t                     key;
+    ngx_http_llm_json_value_t     v;
+    ngx_http_llm_json_member_pt   sub;
 
     if (depth > NGX_HTTP_LLM_JSON_DEPTH) {
         return NULL;
@@ -126,7 +157,25 @@ ngx_http_llm_json_members(u_char *p, u_char *last, ngx_uint_t depth,
 
         p = ngx_http_llm_json_ws(p + 1, last);
 
-        p = ngx_http_llm_json_value(p, last, depth, &v);
+        if (nested && p < last && *p == '{'
+            && (sub = nested(&key, data)) != NULL)
+        {
+            /* an object whose members go to their own handler */
+
+            v.type = NGX_HTTP_LLM_JSON_OBJECT;
+            v.start = p;
+            v.elements = 0;
+            v.escaped = 0;
+
+            p = ngx_http_llm_json_members(p + 1, last, depth + 1, sub, NULL,
+                                          data);
+
+            v.end = p;
+
+        } else {
+            p = ngx_http_llm_json_value(p, last, depth, &v);
+        }
+
         if (p == NULL) {
             return NULL;
         }
@@ -221,7 +270,8 @@ ngx_http_llm_json_value(u_char *p, u_char *last, ngx_uint_t depth,
 
     case '{':
         v->type = NGX_HTTP_LLM_JSON_OBJECT;
-        p = ngx_http_llm_json_members(p + 1, last, depth + 1, NULL, NULL);
+        p = ngx_http_llm_json_members(p + 1, last, depth + 1, NULL, NULL,
+                                      NULL);
         break;
 
     case '[':

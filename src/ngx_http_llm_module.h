@@ -74,6 +74,8 @@ typedef struct {
 
 typedef ngx_int_t (*ngx_http_llm_json_member_pt)(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+typedef ngx_http_llm_json_member_pt (*ngx_http_llm_json_nested_pt)(
+    ngx_str_t *key, void *data);
 
 
 /* an edit of the client's body: bytes replaced by a text */
@@ -889,6 +891,9 @@ ngx_uint_t ngx_http_llm_clamp_edits(ngx_http_request_t *r,
 /* JSON scanner: ngx_http_llm_json.c */
 ngx_int_t ngx_http_llm_json_object(u_char *p, u_char *last,
     ngx_http_llm_json_member_pt handler, void *data);
+ngx_int_t ngx_http_llm_json_object_nested(u_char *p, u_char *last,
+    ngx_http_llm_json_member_pt handler, ngx_http_llm_json_nested_pt nested,
+    void *data);
 ngx_int_t ngx_http_llm_json_unescape(ngx_pool_t *pool,
     ngx_http_llm_json_value_t *v, ngx_str_t *out);
 ngx_int_t ngx_http_llm_json_key(ngx_str_t *key, ngx_str_t *name);

@@ -51,6 +51,8 @@ static void ngx_http_llm_gemini_canonical(ngx_http_llm_usage_raw_t *raw,
     ngx_http_llm_usage_t *u);
 static ngx_int_t ngx_http_llm_usage_member(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
+static ngx_http_llm_json_member_pt ngx_http_llm_usage_nested(
+    ngx_str_t *key, void *data);
 static ngx_int_t ngx_http_llm_usage_detail(ngx_str_t *key,
     ngx_http_llm_json_value_t *v, void *data);
 static ngx_int_t ngx_http_llm_usage_set(ngx_http_llm_usage_scan_t *scan,
@@ -90,7 +92,10 @@ static ngx_uint_t ngx_http_llm_utf8_len(uint32_t code);
 
 
 #define ngx_http_llm_str_eq(s, l)                                             \
-    ((s)->len == (l)->len && ngx_strncmp((s)->data, (l)->data, (s)->len) == 0)
+    ((s)->len == (l)->len                                                     \
+     && ((s)->len == 0                                                        \
+         || ((s)->data[0] == (l)->data[0]                                     \
+             && ngx_strncmp((s)->data, (l)->data, (s)->len) == 0)))
 
 
 /*
@@ -326,7 +331,8 @@ ngx_http_llm_usage_read(ngx_http_llm_dialect_t *dialect,
     ngx_memzero(&scan, sizeof(ngx_http_llm_usage_scan_t));
     scan.dialect = dialect;
 
-    if (ngx_http_llm_json_object(p, last, ngx_http_llm_usage_member, &scan)
+    if (ngx_http_llm_json_object_nested(p, last, ngx_http_llm_usage_member,
+                                        ngx_http_llm_usage_nested, &scan)
         != NGX_OK
         || scan.invalid)
     {
@@ -370,22 +376,13 @@ ngx_http_llm_usage_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
             return ngx_http_llm_usage_set(scan, f->slot, v);
         }
 
-        /* a detail object: absent or null details count as zero */
+        /*
+         * a detail object, whose members went to ngx_http_llm_usage_detail()
+         * as it was read; absent or null details count as zero
+         */
 
-        if (v->type == NGX_HTTP_LLM_JSON_NULL) {
-            return NGX_OK;
-        }
-
-        if (v->type != NGX_HTTP_LLM_JSON_OBJECT) {
-            scan->invalid = 1;
-            return NGX_OK;
-        }
-
-        scan->parent = *key;
-
-        if (ngx_http_llm_json_object(v->start, v->end,
-                                     ngx_http_llm_usage_detail, scan)
-            != NGX_OK)
+        if (v->type != NGX_HTTP_LLM_JSON_NULL
+            && v->type != NGX_HTTP_LLM_JSON_OBJECT)
         {
             scan->invalid = 1;
         }
@@ -394,6 +391,34 @@ ngx_http_llm_usage_member(ngx_str_t *key, ngx_http_llm_json_value_t *v,
     }
 
     return NGX_OK;
+}
+
+
+/* the members of a detail object are read in the pass of the usage */
+
+static ngx_http_llm_json_member_pt
+ngx_http_llm_usage_nested(ngx_str_t *key, void *data)
+{
+    ngx_http_llm_usage_scan_t *scan = data;
+
+    ngx_http_llm_usage_field_t  *f;
+
+    for (f = scan->dialect->fields; f->key.len; f++) {
+
+        if (!ngx_http_llm_str_eq(&f->key, key)) {
+            continue;
+        }
+
+        if (f->sub.len == 0) {
+            return NULL;
+        }
+
+        scan->parent = *key;
+
+        return ngx_http_llm_usage_detail;
+    }
+
+    return NULL;
 }
 
 
