@@ -702,18 +702,36 @@ ngx_http_llm_mul_add(uint64_t *sum, uint64_t a, uint64_t b)
 u_char *
 ngx_http_llm_format_usd(u_char *p, uint64_t pico)
 {
-    u_char    *last;
-    uint64_t   frac;
+    u_char      *last, digits[NGX_INT64_LEN];
+    uint64_t     usd, frac;
+    ngx_uint_t   i;
 
-    p = ngx_sprintf(p, "%uL", (uint64_t) (pico / 1000000000000ULL));
-
+    usd = pico / 1000000000000ULL;
     frac = pico % 1000000000000ULL;
+
+    /* the digits by hand: every log line with $llm_cost has them */
+
+    i = sizeof(digits);
+
+    do {
+        digits[--i] = (u_char) ('0' + usd % 10);
+        usd /= 10;
+    } while (usd);
+
+    p = ngx_cpymem(p, digits + i, sizeof(digits) - i);
 
     if (frac == 0) {
         return p;
     }
 
-    last = ngx_sprintf(p, ".%012uL", frac);
+    *p++ = '.';
+
+    for (i = 12; i; i--) {
+        p[i - 1] = (u_char) ('0' + frac % 10);
+        frac /= 10;
+    }
+
+    last = p + 12;
 
     while (last[-1] == '0') {
         last--;

@@ -18,6 +18,8 @@
 static ngx_int_t ngx_http_llm_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_http_llm_stats_t *ngx_http_llm_zone_again(
+    ngx_http_llm_zone_t *zone, ngx_http_llm_stats_t *st);
 static void ngx_http_llm_stats_add(ngx_http_llm_stats_t *st,
     ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx, ngx_uint_t err,
     ngx_uint_t lat, ngx_int_t ttft);
@@ -210,13 +212,14 @@ ngx_http_llm_rbtree_insert_value(ngx_rbtree_node_t *temp,
 ngx_int_t
 ngx_http_llm_log_handler(ngx_http_request_t *r)
 {
+    uint64_t                   evicted;
     ngx_int_t                  ttft;
-    ngx_str_t                  variant;
+    ngx_str_t                  variant, *name;
     ngx_uint_t                 i, err, lat, known;
     ngx_http_llm_ctx_t        *ctx;
     ngx_http_llm_attempt_t    *a;
     ngx_http_llm_zone_t       *zone;
-    ngx_http_llm_stats_t      *st;
+    ngx_http_llm_stats_t      *st, *pst, *mst;
     ngx_http_llm_main_conf_t  *lmcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
@@ -271,23 +274,32 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
         }
     }
 
+    pst = NULL;
+    mst = NULL;
+
     if (ctx->provider) {
-        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
-                                    &ctx->provider->name, 1,
-                                    r->connection->log);
-        if (st) {
-            ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
+        pst = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
+                                     &ctx->provider->name, 1,
+                                     r->connection->log);
+        if (pst) {
+            ngx_http_llm_stats_add(pst, r, ctx, err, lat, ttft);
         }
 
-        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
-                                    &ctx->upstream_model, known,
-                                    r->connection->log);
-        if (st) {
-            ngx_http_llm_stats_add(st, r, ctx, err, lat, ttft);
+        mst = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
+                                     &ctx->upstream_model, known,
+                                     r->connection->log);
+        if (mst) {
+            ngx_http_llm_stats_add(mst, r, ctx, err, lat, ttft);
         }
     }
 
-    /* every attempt, with the provider that made it */
+    /*
+     * every attempt, with the provider that made it; the nodes of the
+     * request's provider and model are not looked up again (unless the
+     * zone dropped nodes meanwhile)
+     */
+
+    evicted = zone->sh->evicted;
 
     for (i = 0; i < ctx->nattempts; i++) {
         a = &ctx->attempt[i];
@@ -299,18 +311,38 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
         zone->sh->total.attempts++;
         zone->sh->total.attempts_failed += a->failed;
 
-        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
-                                    &a->peer->provider->name, 1,
-                                    r->connection->log);
+        if (pst && a->peer->provider == ctx->provider
+            && zone->sh->evicted == evicted)
+        {
+            st = ngx_http_llm_zone_again(zone, pst);
+
+        } else {
+            st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_PROVIDER,
+                                        &a->peer->provider->name, 1,
+                                        r->connection->log);
+        }
+
         if (st) {
             st->attempts++;
             st->attempts_failed += a->failed;
         }
 
-        st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL,
-                                    a->map ? &a->map->name : &ctx->model,
-                                    ngx_http_llm_model_known(a->map, a->status),
-                                    r->connection->log);
+        name = a->map ? &a->map->name : &ctx->model;
+
+        if (mst && zone->sh->evicted == evicted
+            && name->len == ctx->upstream_model.len
+            && ngx_memcmp(name->data, ctx->upstream_model.data, name->len)
+               == 0)
+        {
+            st = ngx_http_llm_zone_again(zone, mst);
+
+        } else {
+            st = ngx_http_llm_zone_node(zone, NGX_HTTP_LLM_NODE_MODEL, name,
+                                        ngx_http_llm_model_known(a->map,
+                                                                 a->status),
+                                        r->connection->log);
+        }
+
         if (st) {
             st->attempts++;
             st->attempts_failed += a->failed;
@@ -320,6 +352,23 @@ ngx_http_llm_log_handler(ngx_http_request_t *r)
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return NGX_OK;
+}
+
+
+/* the node of statistics found a moment ago, used again */
+
+static ngx_http_llm_stats_t *
+ngx_http_llm_zone_again(ngx_http_llm_zone_t *zone, ngx_http_llm_stats_t *st)
+{
+    ngx_http_llm_node_t  *ln;
+
+    ln = (ngx_http_llm_node_t *)
+             ((u_char *) st - offsetof(ngx_http_llm_node_t, stats));
+
+    ngx_queue_remove(&ln->queue);
+    ngx_queue_insert_head(&zone->sh->queue, &ln->queue);
+
+    return st;
 }
 
 
